@@ -1,0 +1,71 @@
+"""The agent's configuration: one typed object, from a TOML file and/or command-line flags.
+
+Example ``agent.toml``::
+
+    device_id = "pi-kitchen-01"
+    broker = "mqtt.example.net:1883"
+    workdir = "/var/lib/edgeloop-agent"
+    inferences = 200              # measured inferences per applied model
+    telemetry_interval_s = 10.0
+
+    [profile]
+    name = "pi4"
+    cpu_threads = 4
+    memory_budget_mb = 512
+    latency_budget_ms = 5.0
+    execution_providers = ["CPUExecutionProvider"]
+"""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from .errors import ConfigError
+from .protocol import DEVICE_ID_PATTERN, DeviceProfile
+
+
+class AgentConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    device_id: str = Field(pattern=DEVICE_ID_PATTERN)
+    broker: str = Field(default="127.0.0.1:1883", description="MQTT broker as host:port")
+    workdir: Path = Path("/var/lib/edgeloop-agent")
+    profile: DeviceProfile
+    inferences: int = Field(default=200, ge=1, description="measured inferences per model")
+    telemetry_interval_s: float = Field(default=10.0, gt=0)
+    keepalive_s: int = Field(default=15, ge=5)
+
+    @property
+    def broker_host(self) -> str:
+        return self.broker.rsplit(":", 1)[0]
+
+    @property
+    def broker_port(self) -> int:
+        host, _, port = self.broker.rpartition(":")
+        return int(port) if host and port.isdigit() else 1883
+
+
+def load_config(path: Path | None, overrides: dict[str, Any]) -> AgentConfig:
+    """Merge a TOML file with non-None ``overrides`` (flags win) and validate.
+
+    Raises:
+        ConfigError: unreadable TOML or invalid values; the message names the field.
+    """
+    data: dict[str, Any] = {}
+    if path is not None:
+        try:
+            data = tomllib.loads(path.read_text())
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            raise ConfigError(f"cannot read agent config {path}: {exc}") from exc
+    data.update({k: v for k, v in overrides.items() if v is not None})
+    try:
+        return AgentConfig.model_validate(data)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()
+        )
+        raise ConfigError(f"invalid agent config: {problems}") from None

@@ -1,0 +1,27 @@
+"""The agent's error hierarchy: callers catch by kind, every message says what to do."""
+
+from __future__ import annotations
+
+
+class AgentError(Exception):
+    """Base of everything the agent raises on purpose."""
+
+
+class TransportError(AgentError):
+    """The server or the broker could not be reached, or answered with an error status."""
+
+
+class ArtifactError(AgentError):
+    """A downloaded file is not what the manifest promised (size, SHA-256, format)."""
+
+
+class GateError(AgentError):
+    """A model failed a validation gate; ``gate`` names which one."""
+
+    def __init__(self, gate: str, message: str) -> None:
+        super().__init__(f"{gate}: {message}")
+        self.gate = gate
+
+
+class ConfigError(AgentError):
+    """The agent's configuration or profile is invalid."""

@@ -1,0 +1,86 @@
+"""Measure an ONNX artifact the way a device will run it: onnxruntime on CPU, no torch.
+
+Every figure here comes from the exported file itself, not from the PyTorch model it came
+from, so what the report says is what ships.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+__all__ = ["session", "accuracy", "latency", "make_golden"]
+
+
+def session(model_path: Path, threads: int = 1) -> ort.InferenceSession:
+    """A CPU session pinned to ``threads`` intra-op threads and no inter-op parallelism.
+
+    Thread counts are pinned because onnxruntime's default (all cores) makes latencies depend
+    on whatever else the host is doing.
+    """
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    return ort.InferenceSession(
+        str(model_path), sess_options=options, providers=["CPUExecutionProvider"]
+    )
+
+
+def _io_names(sess: ort.InferenceSession) -> tuple[str, str]:
+    return sess.get_inputs()[0].name, sess.get_outputs()[0].name
+
+
+def accuracy(
+    model_path: Path, x: np.ndarray, y: np.ndarray, threads: int = 1, batch_size: int = 256
+) -> float:
+    """Top-1 accuracy of a single-input classifier whose first output is per-class scores."""
+    sess = session(model_path, threads)
+    input_name, output_name = _io_names(sess)
+    predictions = np.concatenate(
+        [
+            sess.run([output_name], {input_name: x[start : start + batch_size]})[0].argmax(axis=1)
+            for start in range(0, len(x), batch_size)
+        ]
+    )
+    return float((predictions == y).mean())
+
+
+def latency(
+    model_path: Path, sample: np.ndarray, threads: int = 1, runs: int = 300, warmup: int = 20
+) -> tuple[float, float]:
+    """``(p50_ms, p95_ms)`` of single batch-1 calls, as a device serving one request sees them.
+
+    ``sample`` is one input with its batch axis of 1.
+    """
+    sess = session(model_path, threads)
+    input_name, output_name = _io_names(sess)
+    feed = {input_name: sample}
+    for _ in range(warmup):
+        sess.run([output_name], feed)
+    timings = np.empty(runs)
+    for i in range(runs):
+        start = time.perf_counter()
+        sess.run([output_name], feed)
+        timings[i] = time.perf_counter() - start
+    p50, p95 = np.percentile(timings * 1e3, [50, 95])
+    return float(p50), float(p95)
+
+
+def make_golden(model_path: Path, inputs: np.ndarray, golden_path: Path) -> float:
+    """Write the device gate's reference: ``inputs`` and this artifact's own ``outputs``.
+
+    Returns the largest absolute output value, so callers can size a tolerance against the
+    output scale. Outputs come from onnxruntime on this very file, so a device that computes
+    them differently is detected, not excused by export drift.
+    """
+    sess = session(model_path, threads=1)
+    input_name, output_name = _io_names(sess)
+    outputs = sess.run([output_name], {input_name: inputs})[0]
+    golden_path.parent.mkdir(parents=True, exist_ok=True)
+    with golden_path.open("wb") as f:
+        np.savez(f, inputs=inputs, outputs=outputs)
+    return float(np.abs(outputs).max())

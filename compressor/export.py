@@ -1,0 +1,80 @@
+"""PyTorch to ONNX, as one self-contained file.
+
+Devices fetch and hash exactly one artifact per model, so weights must live inside the
+``.onnx`` file: the torch 2.13 dynamo exporter writes a ``.onnx.data`` sidecar even for tiny
+models, which is why this uses the TorchScript exporter (``dynamo=False``) and still re-saves
+inline if a sidecar appears.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import onnx
+import torch
+from onnx import helper
+
+from edgeloop.agent.protocol import TensorSpec
+
+__all__ = ["BATCH_DIM", "OPSET", "export_onnx", "tensor_specs"]
+
+OPSET = 17
+BATCH_DIM = "batch"
+
+
+def export_onnx(
+    model: torch.nn.Module,
+    example: torch.Tensor,
+    path: Path,
+    *,
+    input_name: str,
+    output_name: str,
+) -> Path:
+    """Export ``model`` with a symbolic batch axis named :data:`BATCH_DIM`.
+
+    Returns ``path``, a file with every initializer inline and no sidecar next to it.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    model.eval()
+    torch.onnx.export(
+        model,
+        (example,),
+        str(path),
+        input_names=[input_name],
+        output_names=[output_name],
+        dynamic_axes={input_name: {0: BATCH_DIM}, output_name: {0: BATCH_DIM}},
+        opset_version=OPSET,
+        dynamo=False,
+    )
+    sidecars = [p for p in path.parent.iterdir() if p.name.startswith(path.name + ".")]
+    if sidecars:
+        inline = onnx.load_model(str(path), load_external_data=True)
+        for sidecar in sidecars:
+            sidecar.unlink()
+        onnx.save_model(inline, str(path), save_as_external_data=False)
+    onnx.checker.check_model(str(path))
+    return path
+
+
+def tensor_specs(path: Path) -> tuple[list[TensorSpec], list[TensorSpec]]:
+    """The graph's inputs and outputs in the wire contract's terms.
+
+    Initializers that older exporters list as graph inputs are left out: a device only feeds
+    real inputs.
+    """
+    graph = onnx.load_model(str(path), load_external_data=False).graph
+    initializers = {init.name for init in graph.initializer}
+    inputs = [_spec(value) for value in graph.input if value.name not in initializers]
+    outputs = [_spec(value) for value in graph.output]
+    return inputs, outputs
+
+
+def _spec(value: onnx.ValueInfoProto) -> TensorSpec:
+    tensor = value.type.tensor_type
+    shape: list[int | str] = [
+        dim.dim_param if dim.HasField("dim_param") else dim.dim_value
+        if dim.HasField("dim_value") else "?"
+        for dim in tensor.shape.dim
+    ]
+    dtype = helper.tensor_dtype_to_np_dtype(tensor.elem_type).name
+    return TensorSpec(name=value.name, dtype=dtype, shape=shape)

@@ -1,0 +1,49 @@
+"""What the compressor says about each model it builds.
+
+A ``ModelReport`` is measured on the build host, never on a device: devices measure themselves
+and send their own ``Report``. It is stored next to the artifact as ``report.json`` so the server
+can register a model without re-running anything. This module imports no torch, so the server
+may read reports.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from edgeloop.agent.protocol import TensorSpec
+
+__all__ = ["ModelReport", "BuiltModel"]
+
+
+class ModelReport(BaseModel):
+    """Host-side figures for one model variant, compared with the uncompressed baseline."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    variant: str = Field(min_length=1, description="e.g. fp32, int8")
+    recipe: list[str] = Field(min_length=1, description="passes that made it, in order")
+    size_bytes: int = Field(gt=0, description="the single self-contained .onnx file")
+    accuracy: float = Field(ge=0, le=1, description="test-set accuracy")
+    baseline_accuracy: float = Field(ge=0, le=1)
+    accuracy_drop: float = Field(description="baseline - accuracy; 0.005 is half a point")
+    compression_ratio: float = Field(gt=0, description="baseline size / size")
+    host_latency_p50_ms: float = Field(ge=0, description="batch 1, single calls")
+    host_latency_p95_ms: float = Field(ge=0)
+    host_threads: int = Field(ge=1, description="onnxruntime intra-op threads when timed")
+    golden_atol: float = Field(ge=0, description="tolerance a device gate allows on golden outputs")
+
+
+@dataclass(frozen=True)
+class BuiltModel:
+    """A model version ready to publish: the files plus the I/O contract the manifest needs."""
+
+    name: str
+    version: str
+    model_path: Path
+    golden_path: Path
+    inputs: list[TensorSpec]
+    outputs: list[TensorSpec]
+    report: ModelReport

@@ -1,0 +1,44 @@
+"""The control plane's HTTP application: REST API, artifact downloads, and the MQTT bridge."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from .api.routes import artifacts, devices, models
+from .config import Settings
+from .db import make_engine, make_sessionmaker
+from .fleet import Fleet
+from .mqtt_bridge import MqttBridge
+from .store import ArtifactStore
+
+
+def create_app(settings: Settings, *, with_mqtt: bool = True) -> FastAPI:
+    engine = make_engine(settings.database_url)
+    fleet = Fleet(make_sessionmaker(engine), settings.public_url)
+    bridge = MqttBridge(fleet, settings.mqtt_host, settings.mqtt_port) if with_mqtt else None
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        if bridge is not None:
+            bridge.start()
+        yield
+        if bridge is not None:
+            bridge.stop()
+        engine.dispose()
+
+    app = FastAPI(title="edgeloop control plane", version="0.1.0", lifespan=lifespan)
+    app.state.settings = settings
+    app.state.fleet = fleet
+    app.state.store = ArtifactStore(settings.artifact_dir)
+    app.state.bridge = bridge
+    for module in (artifacts, models, devices):
+        app.include_router(module.router)
+
+    @app.get("/healthz", tags=["health"])
+    def healthz() -> dict[str, object]:
+        return {"ok": True, "mqtt_connected": bridge.connected.is_set() if bridge else None}
+
+    return app

@@ -1,0 +1,99 @@
+"""``edgeloop bench NAME --json PATH``: one format for every benchmark.
+
+Output: ``{"bench": NAME, "machine": {...}, "figures": [{"name", "value", "unit", "goal",
+"met"}]}``. A goal is a comparison such as ``">= 2"`` or ``"<= 120"``; ``met`` says whether
+the measured value satisfies it. A missed goal is reported as missed, never tuned away.
+"""
+
+from __future__ import annotations
+
+import json
+import operator
+import os
+import platform
+import sys
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+_OPS = {">=": operator.ge, "<=": operator.le, ">": operator.gt, "<": operator.lt, "==": operator.eq}
+
+
+@dataclass
+class Figure:
+    name: str
+    value: float
+    unit: str
+    goal: str
+    met: bool | None = field(default=None)
+
+    def __post_init__(self) -> None:
+        if self.met is None:
+            self.met = goal_met(self.value, self.goal)
+
+
+def goal_met(value: float, goal: str) -> bool | None:
+    """Evaluate a goal like ``">= 0.8"``; ``None`` when the goal is informational."""
+    for symbol in sorted(_OPS, key=len, reverse=True):
+        if goal.startswith(symbol):
+            try:
+                return bool(_OPS[symbol](value, float(goal[len(symbol):].strip())))
+            except ValueError:
+                return None
+    return None
+
+
+def machine_info() -> dict[str, Any]:
+    import onnxruntime
+
+    cpu = platform.processor()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {
+        "cpu": cpu or platform.machine(),
+        "arch": platform.machine(),
+        "cores": os.cpu_count(),
+        "python": sys.version.split()[0],
+        "onnxruntime": onnxruntime.__version__,
+        "platform": platform.platform(),
+    }
+
+
+def write_bench(name: str, figures: list[Figure], json_path: Path | None,
+                console: Console | None = None) -> dict[str, Any]:
+    result = {"bench": name, "machine": machine_info(), "figures": [asdict(f) for f in figures]}
+    table = Table(title=f"bench {name}")
+    for column in ("figure", "value", "unit", "goal", "met"):
+        table.add_column(column, justify="right" if column == "value" else "left")
+    for f in figures:
+        met = {True: "[green]met[/]", False: "[red]missed[/]", None: "—"}[f.met]
+        table.add_row(f.name, f"{f.value:.4g}", f.unit, f.goal, met)
+    (console or Console()).print(table)
+    if json_path is not None:
+        json_path.parent.mkdir(parents=True, exist_ok=True)
+        json_path.write_text(json.dumps(result, indent=2))
+    return result
+
+
+def bench_demo(args: Any) -> list[Figure]:
+    from .demo import run_demo
+
+    devices = args.devices
+    result = run_demo(devices=devices, workdir=args.workdir / "bench-demo")
+    reporting = sum(1 for d in result.devices if d["ok"])
+    return [
+        Figure("demo.devices_reporting", reporting, "devices", f">= {devices}"),
+        Figure("demo.wall_s", round(result.wall_s, 2), "s", "<= 120"),
+    ]
+
+
+BENCHES: dict[str, Callable[[Any], list[Figure]]] = {"demo": bench_demo}

@@ -1,0 +1,129 @@
+"""An MQTT broker for the demo and the tests: Mosquitto when installed, else amqtt in-process.
+
+Mosquitto is started on a free port with a config written next to its log; its defaults
+drop QoS 1 messages when a subscriber falls behind (``max_queued_messages 1000``), so the
+config lifts that cap. amqtt, the fallback, runs in a background thread's event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import socket
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+MOSQUITTO_CONF = """\
+listener {port} 127.0.0.1
+allow_anonymous true
+persistence false
+max_queued_messages 0
+max_inflight_messages 1000
+log_dest file {log}
+log_type error
+log_type warning
+log_type notice
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_for_port(port: int, timeout_s: float, host: str = "127.0.0.1") -> bool:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection((host, port), timeout=0.5):
+                return True
+        except OSError:
+            time.sleep(0.05)
+    return False
+
+
+def find_mosquitto() -> str | None:
+    return shutil.which("mosquitto") or shutil.which("mosquitto", path="/usr/sbin:/usr/local/sbin")
+
+
+class Broker:
+    """A running broker on ``127.0.0.1:port``; ``kind`` is "mosquitto" or "amqtt"."""
+
+    kind: str
+    port: int
+
+    def stop(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Broker:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+class MosquittoBroker(Broker):
+    kind = "mosquitto"
+
+    def __init__(self, workdir: Path, port: int | None = None, executable: str | None = None) -> None:
+        executable = executable or find_mosquitto()
+        if executable is None:
+            raise FileNotFoundError("mosquitto is not installed (apt-get install mosquitto)")
+        self.port = port or free_port()
+        workdir.mkdir(parents=True, exist_ok=True)
+        self.log_path = workdir / "mosquitto.log"
+        self.conf_path = workdir / "mosquitto.conf"
+        self.conf_path.write_text(MOSQUITTO_CONF.format(port=self.port, log=self.log_path))
+        self.process = subprocess.Popen(
+            [executable, "-c", str(self.conf_path)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
+        if not wait_for_port(self.port, 10):
+            self.stop()
+            raise RuntimeError(f"mosquitto did not listen on {self.port}; see {self.log_path}")
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(5)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+class EmbeddedBroker(Broker):
+    kind = "amqtt"
+
+    def __init__(self, port: int | None = None) -> None:
+        from amqtt.broker import Broker as AmqttBroker
+
+        self.port = port or free_port()
+        config = {
+            "listeners": {"default": {"type": "tcp", "bind": f"127.0.0.1:{self.port}"}},
+            "plugins": {"amqtt.plugins.authentication.AnonymousAuthPlugin": {"allow_anonymous": True}},
+        }
+        self.loop = asyncio.new_event_loop()
+        self._broker = AmqttBroker(config, loop=self.loop)
+        self._thread = threading.Thread(target=self.loop.run_forever, name="amqtt", daemon=True)
+        self._thread.start()
+        asyncio.run_coroutine_threadsafe(self._broker.start(), self.loop).result(10)
+        if not wait_for_port(self.port, 10):
+            raise RuntimeError(f"embedded amqtt broker did not listen on {self.port}")
+
+    def stop(self) -> None:
+        if self.loop.is_running():
+            asyncio.run_coroutine_threadsafe(self._broker.shutdown(), self.loop).result(10)
+            self.loop.call_soon_threadsafe(self.loop.stop)
+            self._thread.join(5)
+
+
+def start_broker(workdir: Path, prefer: str = "auto") -> Broker:
+    """Mosquitto if it is on PATH (or ``prefer="mosquitto"``), else the embedded amqtt broker."""
+    if prefer == "amqtt" or (prefer == "auto" and find_mosquitto() is None):
+        return EmbeddedBroker()
+    return MosquittoBroker(workdir)

@@ -1,0 +1,258 @@
+"""The fleet's state and the rules that change it.
+
+Both the MQTT bridge (device messages) and the REST API (operator requests) go through
+:class:`Fleet`; it owns the database writes and decides when a device's desired state
+changes. Publishing is a callback so this module does no network I/O itself.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session, sessionmaker
+
+from edgeloop.agent.protocol import (
+    Desired,
+    DeviceProfile,
+    FileRef,
+    Hello,
+    ModelManifest,
+    Report,
+    Status,
+    Telemetry,
+    TensorSpec,
+)
+
+from .models import Artifact, DesiredState, Device, DeviceReport, ModelVersion, TelemetrySample
+from .planner import Candidate, choose_model
+
+log = logging.getLogger("edgeloop.server.fleet")
+
+Publisher = Callable[[Desired], None]
+
+
+class UnknownArtifactError(LookupError):
+    pass
+
+
+class Fleet:
+    def __init__(self, sessions: sessionmaker, public_url: str) -> None:
+        self.sessions = sessions
+        self.public_url = public_url.rstrip("/")
+        self.publish: Publisher = lambda desired: None
+
+    # ------------------------------------------------------------------ device messages
+
+    def on_hello(self, hello: Hello) -> None:
+        with self.sessions.begin() as db:
+            device = db.get(Device, hello.device_id)
+            profile = hello.profile.model_dump(mode="json")
+            if device is None:
+                device = Device(id=hello.device_id, profile=profile)
+                db.add(device)
+                log.info("new device %s (profile %s)", hello.device_id, hello.profile.name)
+            device.profile = profile
+            device.platform = dict(hello.platform)
+            device.agent_version = hello.agent_version
+            device.online = True
+            device.current_model = hello.current_model
+            device.last_seen = datetime.now(UTC)
+            db.flush()
+            self._plan(db, device, force_publish=True)
+
+    def on_status(self, status: Status) -> None:
+        with self.sessions.begin() as db:
+            device = db.get(Device, status.device_id)
+            if device is None:
+                log.info("status from unregistered device %s ignored", status.device_id)
+                return
+            device.online = status.online
+            device.phase = status.phase.value
+            device.last_seen = datetime.now(UTC)
+
+    def on_report(self, report: Report) -> None:
+        with self.sessions.begin() as db:
+            device = db.get(Device, report.device_id)
+            if device is None:
+                log.warning("report from unregistered device %s dropped", report.device_id)
+                return
+            db.add(
+                DeviceReport(
+                    device_id=report.device_id,
+                    revision=report.revision,
+                    model=report.model,
+                    artifact_sha256=report.artifact_sha256,
+                    ok=report.ok,
+                    phase=report.phase.value,
+                    payload=report.model_dump(mode="json"),
+                )
+            )
+            device.phase = report.phase.value
+            device.current_model = report.model if report.ok else device.current_model
+            device.last_seen = datetime.now(UTC)
+        log.info("report from %s: %s ok=%s", report.device_id, report.model, report.ok)
+
+    def on_telemetry(self, telemetry: Telemetry) -> None:
+        with self.sessions.begin() as db:
+            if db.get(Device, telemetry.device_id) is None:
+                return
+            db.add(
+                TelemetrySample(
+                    device_id=telemetry.device_id,
+                    sent_at=telemetry.sent_at,
+                    payload=telemetry.model_dump(mode="json"),
+                )
+            )
+
+    # ------------------------------------------------------------------ models
+
+    def register_model(
+        self,
+        *,
+        name: str,
+        version: str,
+        artifact_sha256: str,
+        golden_sha256: str,
+        inputs: list[TensorSpec],
+        outputs: list[TensorSpec],
+        golden_atol: float,
+        golden_rtol: float,
+        report: dict[str, Any],
+    ) -> ModelVersion:
+        """Register a model version whose files are already uploaded, then re-plan the fleet.
+
+        Raises:
+            UnknownArtifactError: a referenced file was not uploaded first.
+            ValueError: ``name:version`` exists already (versions are immutable).
+        """
+        with self.sessions.begin() as db:
+            for sha in (artifact_sha256, golden_sha256):
+                if db.get(Artifact, sha) is None:
+                    raise UnknownArtifactError(f"artifact {sha} is not uploaded; PUT it first")
+            exists = db.scalar(
+                select(ModelVersion).where(ModelVersion.name == name, ModelVersion.version == version)
+            )
+            if exists is not None:
+                raise ValueError(f"model {name}:{version} exists; versions are immutable")
+            model = ModelVersion(
+                name=name,
+                version=version,
+                artifact_sha256=artifact_sha256,
+                golden_sha256=golden_sha256,
+                inputs=[s.model_dump() for s in inputs],
+                outputs=[s.model_dump() for s in outputs],
+                golden_atol=golden_atol,
+                golden_rtol=golden_rtol,
+                report=report,
+            )
+            db.add(model)
+        self.plan_all()
+        return model
+
+    def record_artifact(self, sha256: str, size: int) -> None:
+        with self.sessions.begin() as db:
+            if db.get(Artifact, sha256) is None:
+                db.add(Artifact(sha256=sha256, size=size))
+
+    # ------------------------------------------------------------------ planning
+
+    def plan_all(self) -> None:
+        with self.sessions.begin() as db:
+            for device in db.scalars(select(Device)):
+                self._plan(db, device)
+
+    def _plan(self, db: Session, device: Device, force_publish: bool = False) -> None:
+        """Give ``device`` a new desired revision if its best model changed.
+
+        ``force_publish`` re-sends an unchanged desired state (e.g. on hello, in case the
+        retained message was lost with a broker restart); the revision stays the same.
+        """
+        profile = DeviceProfile.model_validate(device.profile)
+        versions = list(db.scalars(select(ModelVersion)))
+        choice = choose_model(profile, [_candidate(v) for v in versions])
+        chosen = next((v for v in versions if choice.candidate and v.id == choice.candidate.id), None)
+        state = db.get(DesiredState, device.id)
+        changed = state is None or state.model_version_id != (chosen.id if chosen else None)
+        if changed:
+            revision = (state.revision + 1) if state else 1
+            if state is None:
+                state = DesiredState(device_id=device.id, revision=revision)
+                db.add(state)
+            state.revision = revision
+            state.model_version_id = chosen.id if chosen else None
+            state.reason = choice.reason
+            state.published_at = datetime.now(UTC)
+            log.info("device %s -> revision %d: %s", device.id, revision, choice.reason)
+        if changed or force_publish:
+            desired = Desired(
+                device_id=device.id,
+                revision=state.revision,
+                model=self._manifest(db, chosen) if chosen else None,
+                profile=profile,
+            )
+            self.publish(desired)
+
+    def _manifest(self, db: Session, model: ModelVersion) -> ModelManifest:
+        def ref(sha: str) -> FileRef:
+            artifact = db.get(Artifact, sha)
+            assert artifact is not None
+            return FileRef(url=f"{self.public_url}/artifacts/{sha}", sha256=sha, size=artifact.size)
+
+        return ModelManifest(
+            name=model.name,
+            version=model.version,
+            artifact=ref(model.artifact_sha256),
+            golden=ref(model.golden_sha256),
+            inputs=[TensorSpec.model_validate(s) for s in model.inputs],
+            outputs=[TensorSpec.model_validate(s) for s in model.outputs],
+            golden_atol=model.golden_atol,
+            golden_rtol=model.golden_rtol,
+            accuracy=model.report.get("accuracy"),
+            size_bytes=model.report.get("size_bytes"),
+        )
+
+    # ------------------------------------------------------------------ queries
+
+    def fleet_summary(self) -> list[dict[str, Any]]:
+        """One row per device: profile, desired model, latest report. Feeds tables and JSON."""
+        rows = []
+        with self.sessions() as db:
+            for device in db.scalars(select(Device).order_by(Device.id)):
+                state = db.get(DesiredState, device.id)
+                desired = db.get(ModelVersion, state.model_version_id) if state and state.model_version_id else None
+                report = db.scalar(
+                    select(DeviceReport)
+                    .where(DeviceReport.device_id == device.id)
+                    .order_by(DeviceReport.id.desc())
+                    .limit(1)
+                )
+                rows.append(
+                    {
+                        "device_id": device.id,
+                        "profile": device.profile,
+                        "online": device.online,
+                        "phase": device.phase,
+                        "desired_revision": state.revision if state else None,
+                        "desired_model": desired.label if desired else None,
+                        "desired_reason": state.reason if state else None,
+                        "model_report": desired.report if desired else None,
+                        "report": report.payload if report else None,
+                    }
+                )
+        return rows
+
+
+def _candidate(model: ModelVersion) -> Candidate:
+    report = model.report
+    return Candidate(
+        id=model.id,
+        label=model.label,
+        accuracy=float(report.get("accuracy", 0.0)),
+        size_bytes=int(report.get("size_bytes", 0)),
+        host_latency_p95_ms=report.get("host_latency_p95_ms"),
+    )
+

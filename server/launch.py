@@ -1,0 +1,98 @@
+"""Start the control plane and device agents as separate OS processes.
+
+Used by the demo and the end-to-end tests so both exercise exactly what an operator runs:
+``edgeloop serve`` and ``edgeloop-agent run``, each with its own log file.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import requests
+
+from edgeloop.agent.protocol import DeviceProfile
+
+from .broker import free_port
+
+
+class ManagedProcess:
+    def __init__(self, name: str, argv: list[str], log_path: Path) -> None:
+        self.name = name
+        self.log_path = log_path
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        self._log = log_path.open("ab")
+        self.process = subprocess.Popen(argv, stdout=self._log, stderr=subprocess.STDOUT)
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def alive(self) -> bool:
+        return self.process.poll() is None
+
+    def stop(self, timeout_s: float = 10.0) -> int:
+        if self.alive():
+            self.process.terminate()
+            try:
+                self.process.wait(timeout_s)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self._log.close()
+        return self.process.returncode
+
+    def log_tail(self, lines: int = 20) -> str:
+        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+
+
+class ServerProcess(ManagedProcess):
+    def __init__(self, workdir: Path, mqtt_port: int, port: int | None = None) -> None:
+        self.port = port or free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        argv = [
+            sys.executable, "-m", "edgeloop.server.cli", "serve",
+            "--workdir", str(workdir), "--port", str(self.port),
+            "--mqtt", f"127.0.0.1:{mqtt_port}",
+        ]
+        super().__init__("server", argv, workdir / "logs" / "server.log")
+
+    def wait_ready(self, timeout_s: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if not self.alive():
+                raise RuntimeError(f"server exited early:\n{self.log_tail()}")
+            try:
+                if requests.get(self.url + "/healthz", timeout=1).json().get("mqtt_connected"):
+                    return
+            except (requests.RequestException, ValueError):
+                pass
+            time.sleep(0.1)
+        raise TimeoutError(f"server not ready within {timeout_s:.0f}s:\n{self.log_tail()}")
+
+
+class AgentProcess(ManagedProcess):
+    def __init__(
+        self,
+        device_id: str,
+        profile: DeviceProfile,
+        workdir: Path,
+        mqtt_port: int,
+        *,
+        inferences: int = 200,
+        telemetry_interval_s: float = 5.0,
+    ) -> None:
+        self.device_id = device_id
+        argv = [
+            sys.executable, "-m", "edgeloop.agent.cli", "run",
+            "--device-id", device_id,
+            "--broker", f"127.0.0.1:{mqtt_port}",
+            "--workdir", str(workdir / "devices" / device_id),
+            "--profile", json.dumps(profile.model_dump(mode="json")),
+            "--inferences", str(inferences),
+            "--telemetry-interval", str(telemetry_interval_s),
+        ]
+        super().__init__(device_id, argv, workdir / "logs" / f"agent-{device_id}.log")

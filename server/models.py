@@ -1,0 +1,97 @@
+"""Database tables. Columns use the protocol's words (phase, revision, sha256)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import JSON, ForeignKey, Index, String, UniqueConstraint
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class Base(DeclarativeBase):
+    type_annotation_map = {dict[str, Any]: JSON, list[Any]: JSON}
+
+
+class Device(Base):
+    __tablename__ = "devices"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    profile: Mapped[dict[str, Any]]
+    platform: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    agent_version: Mapped[str | None]
+    online: Mapped[bool] = mapped_column(default=False)
+    phase: Mapped[str] = mapped_column(String(16), default="idle")
+    current_model: Mapped[str | None]
+    first_seen: Mapped[datetime] = mapped_column(default=utcnow)
+    last_seen: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class Artifact(Base):
+    __tablename__ = "artifacts"
+
+    sha256: Mapped[str] = mapped_column(String(64), primary_key=True)
+    size: Mapped[int]
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class ModelVersion(Base):
+    __tablename__ = "model_versions"
+    __table_args__ = (UniqueConstraint("name", "version"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(128))
+    version: Mapped[str] = mapped_column(String(64))
+    artifact_sha256: Mapped[str] = mapped_column(ForeignKey("artifacts.sha256"))
+    golden_sha256: Mapped[str] = mapped_column(ForeignKey("artifacts.sha256"))
+    inputs: Mapped[list[Any]]
+    outputs: Mapped[list[Any]]
+    golden_atol: Mapped[float]
+    golden_rtol: Mapped[float]
+    report: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    @property
+    def label(self) -> str:
+        return f"{self.name}:{self.version}"
+
+
+class DesiredState(Base):
+    """The latest desired state published to each device (one row per device)."""
+
+    __tablename__ = "desired_states"
+
+    device_id: Mapped[str] = mapped_column(ForeignKey("devices.id"), primary_key=True)
+    revision: Mapped[int]
+    model_version_id: Mapped[int | None] = mapped_column(ForeignKey("model_versions.id"))
+    reason: Mapped[str] = mapped_column(default="")
+    published_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class DeviceReport(Base):
+    __tablename__ = "reports"
+    __table_args__ = (Index("ix_reports_device_received", "device_id", "received_at"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    device_id: Mapped[str] = mapped_column(ForeignKey("devices.id"))
+    revision: Mapped[int]
+    model: Mapped[str]
+    artifact_sha256: Mapped[str] = mapped_column(String(64))
+    ok: Mapped[bool]
+    phase: Mapped[str] = mapped_column(String(16))
+    payload: Mapped[dict[str, Any]]
+    received_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class TelemetrySample(Base):
+    __tablename__ = "telemetry"
+    __table_args__ = (Index("ix_telemetry_device_ts", "device_id", "sent_at"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    device_id: Mapped[str] = mapped_column(ForeignKey("devices.id"))
+    sent_at: Mapped[datetime]
+    payload: Mapped[dict[str, Any]]

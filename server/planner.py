@@ -1,0 +1,65 @@
+"""Which model version each device should run: a pure function of its profile.
+
+Rule: among versions that fit the profile (file size within ``model_size_budget_kb``,
+latency measured on the compressor host within ``latency_budget_ms``, accuracy at least
+``min_accuracy``), take the most accurate; ties go to the smaller file. When nothing fits,
+the closest one (the smallest file) is chosen and the reason says so, so a device is never
+left without a model and the operator sees why it is over budget.
+
+The host latency is not yet calibrated to the device class; the device's own report says
+whether the model really is within budget.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from edgeloop.agent.protocol import DeviceProfile
+
+
+@dataclass(frozen=True)
+class Candidate:
+    id: int
+    label: str
+    accuracy: float
+    size_bytes: int
+    host_latency_p95_ms: float | None
+
+
+@dataclass(frozen=True)
+class Choice:
+    candidate: Candidate | None
+    reason: str
+
+
+def misfits(profile: DeviceProfile, candidate: Candidate) -> list[str]:
+    problems = []
+    if profile.model_size_budget_kb is not None:
+        size_kb = candidate.size_bytes / 1024
+        if size_kb > profile.model_size_budget_kb:
+            problems.append(f"size {size_kb:.0f} KB > {profile.model_size_budget_kb:g} KB")
+    latency = candidate.host_latency_p95_ms
+    if latency is not None and latency > profile.latency_budget_ms:
+        problems.append(f"host p95 {latency:.3f} ms > {profile.latency_budget_ms:g} ms")
+    if profile.min_accuracy is not None and candidate.accuracy < profile.min_accuracy:
+        problems.append(f"accuracy {candidate.accuracy:.4f} < {profile.min_accuracy:g}")
+    return problems
+
+
+def choose_model(profile: DeviceProfile, candidates: list[Candidate]) -> Choice:
+    if not candidates:
+        return Choice(None, "no model registered")
+    fitting = [c for c in candidates if not misfits(profile, c)]
+    if fitting:
+        best = max(fitting, key=lambda c: (c.accuracy, -c.size_bytes))
+        return Choice(
+            best,
+            f"most accurate of {len(fitting)}/{len(candidates)} fitting '{profile.name}' "
+            f"(accuracy {best.accuracy:.4f}, {best.size_bytes / 1024:.0f} KB)",
+        )
+    closest = min(candidates, key=lambda c: c.size_bytes)
+    return Choice(
+        closest,
+        f"no candidate fits '{profile.name}'; closest is {closest.label}: "
+        + ", ".join(misfits(profile, closest)),
+    )
