@@ -123,3 +123,13 @@ def test_a_message_must_match_its_topic_channel() -> None:
 def test_a_device_cannot_speak_for_another_device() -> None:
     with pytest.raises(ProtocolError, match="names device 'pi-1' but came on the topic of 'pi-2'"):
         decode(encode(EXAMPLES[Channel.REPORT]), topic("pi-2", Channel.REPORT))
+
+
+def test_every_example_in_the_protocol_document_is_accepted() -> None:
+    import re
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[1] / "docs" / "protocol.md").read_text()
+    examples = re.findall(r"```json\n(.*?)\n```", text, re.S)
+    types = {decode(block).type for block in examples}
+    assert types == {channel.value for channel in Channel}
