@@ -77,7 +77,7 @@ def write_bench(name: str, figures: list[Figure], json_path: Path | None,
     for f in figures:
         met = {True: "[green]met[/]", False: "[red]missed[/]", None: "—"}[f.met]
         table.add_row(f.name, f"{f.value:.4g}", f.unit, f.goal, met)
-    (console or Console()).print(table)
+    (console or Console(width=None if sys.stdout.isatty() else 150)).print(table)
     if json_path is not None:
         json_path.parent.mkdir(parents=True, exist_ok=True)
         json_path.write_text(json.dumps(result, indent=2))

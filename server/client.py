@@ -55,6 +55,7 @@ class ApiClient:
         outputs: list[TensorSpec],
         golden_atol: float,
         report: dict[str, Any],
+        plan: bool = True,
     ) -> dict[str, Any]:
         """Upload the model and its golden file, then register the version."""
         artifact = self.upload_artifact(model_path)
@@ -62,6 +63,7 @@ class ApiClient:
         return self._call(
             "POST",
             "/api/v1/models",
+            params={"plan": str(plan).lower()},
             json={
                 "name": name,
                 "version": version,
@@ -76,6 +78,9 @@ class ApiClient:
 
     def models(self) -> list[dict[str, Any]]:
         return self._call("GET", "/api/v1/models")
+
+    def plan(self) -> list[dict[str, Any]]:
+        return self._call("POST", "/api/v1/fleet/plan")
 
     def fleet(self) -> list[dict[str, Any]]:
         return self._call("GET", "/api/v1/fleet")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -74,7 +75,7 @@ def run_demo(
     timeout_s: float = 180.0,
     console: Console | None = None,
 ) -> DemoResult:
-    console = console or Console()
+    console = console or Console(width=None if sys.stdout.isatty() else 150)
     started = time.perf_counter()
     if workdir.exists():
         shutil.rmtree(workdir)
@@ -129,10 +130,12 @@ def _compress_and_push(client: ApiClient, out_dir: Path, console: Console) -> li
             outputs=model.outputs,
             golden_atol=model.report.golden_atol,
             report=model.report.model_dump(mode="json"),
+            plan=False,
         )
         models.append({"model": f"{model.name}:{model.version}",
                        "artifact_sha256": registered["artifact_sha256"],
                        **model.report.model_dump(mode="json")})
+    client.plan()
     return models
 
 

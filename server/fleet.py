@@ -122,8 +122,10 @@ class Fleet:
         golden_atol: float,
         golden_rtol: float,
         report: dict[str, Any],
+        plan: bool = True,
     ) -> ModelVersion:
-        """Register a model version whose files are already uploaded, then re-plan the fleet.
+        """Register a model version whose files are already uploaded, then re-plan the fleet
+        (unless ``plan`` is false, e.g. while registering several candidates of one round).
 
         Raises:
             UnknownArtifactError: a referenced file was not uploaded first.
@@ -150,7 +152,8 @@ class Fleet:
                 report=report,
             )
             db.add(model)
-        self.plan_all()
+        if plan:
+            self.plan_all()
         return model
 
     def record_artifact(self, sha256: str, size: int) -> None:
@@ -187,6 +190,8 @@ class Fleet:
             state.reason = choice.reason
             state.published_at = datetime.now(UTC)
             log.info("device %s -> revision %d: %s", device.id, revision, choice.reason)
+        else:
+            state.reason = choice.reason
         if changed or force_publish:
             desired = Desired(
                 device_id=device.id,

@@ -58,8 +58,10 @@ def test_two_devices_run_the_models_the_server_published_for_their_profiles(
                 name=model.name, version=model.version, model_path=model.model_path,
                 golden_path=model.golden_path, inputs=model.inputs, outputs=model.outputs,
                 golden_atol=model.report.golden_atol, report=model.report.model_dump(mode="json"),
+                plan=False,
             )
             published[f"{model.name}:{model.version}"] = registered["artifact_sha256"]
+        client.plan()
 
         def settled() -> list[dict] | None:
             rows = client.fleet()
@@ -75,6 +77,7 @@ def test_two_devices_run_the_models_the_server_published_for_their_profiles(
             assert report["artifact_sha256"] == published[row["desired_model"]]
             assert report["model"] == row["desired_model"]
             assert report["phase"] == "running"
+            assert row["desired_revision"] == 2, "one revision for 'no model yet', one for the model"
             latency = report["latency"]
             assert latency["n"] >= 200
             assert 0 < latency["p50_ms"] <= latency["p95_ms"] <= latency["p99_ms"]

@@ -1,13 +1,13 @@
 """The smallest real case: a CNN on scikit-learn's 8x8 digits, shipped as fp32 and int8.
 
 It needs no download (the data set ships with scikit-learn) and builds in seconds, so it is
-the model the end-to-end loop and its tests run on. Everything is seeded and torch runs on
-one thread, so a seed gives the same weights, files and figures on every run of one host.
+the model the end-to-end loop and its tests run on. Training is seeded and runs on one torch
+thread, so a seed gives the same weights and the same ``model.onnx`` bytes on every run of one
+host; only the latencies in ``report.json`` vary.
 """
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +22,7 @@ from edgeloop.compressor.export import export_onnx, tensor_specs
 from edgeloop.compressor.quantize import quantize_static_int8
 from edgeloop.compressor.report import BuiltModel, ModelReport
 
-__all__ = ["NAME", "INPUT_NAME", "OUTPUT_NAME", "build_digits", "DigitsCNN"]
+__all__ = ["NAME", "INPUT_NAME", "OUTPUT_NAME", "DigitsCNN", "load_split", "build_digits"]
 
 NAME = "digits-cnn"
 INPUT_NAME = "image"
@@ -32,15 +32,19 @@ CALIBRATION_SAMPLES = 200
 HOST_THREADS = 1
 
 FP32_GOLDEN_ATOL = 1e-4
-"""fp32 kernels differ across CPUs only in summation order; logits here are O(10), so
-float32 rounding stays far below 1e-4."""
+"""fp32 kernels differ across CPUs only in summation order; on logits of magnitude ~20 that is
+~1e-5 (measured: NCHWc-optimized vs unoptimized graph here)."""
 
-INT8_GOLDEN_ATOL = 0.05
-"""An int8 kernel on another CPU (VNNI vs AVX2, ARM dot-product) may round an intermediate
-activation one quantization step differently. One step of the last hidden layer moves a logit
-by roughly (activation scale x |weight|) summed over few terms, i.e. a few hundredths at this
-model's logit scale (~10-20), so 0.05 allows an off-by-one rounding while still failing on a
-wrong model or corrupted weights, which move logits by whole units."""
+INT8_GOLDEN_ATOL_FRACTION = 0.01
+"""int8 tolerance, as a fraction of the largest golden logit (|logit| ~20, so ~0.2).
+
+Another CPU may land an activation one quantization step away: the fp32 input conv feeds a
+QuantizeLinear, so float rounding differences there can flip a step, and requantization may
+round differently. One step in the last hidden layer moves a logit by scale x |weight|
+(0.17 x 0.31 = 0.05 here); the worst drift measured between the fused int8 kernels and the
+float reference of the same quantized graph, over the 360 test images, was 0.09. 1% of the
+logit scale allows that twice over, while a wrong or corrupted model moves logits by units.
+"""
 
 
 class DigitsCNN(nn.Module):
@@ -63,7 +67,7 @@ class DigitsCNN(nn.Module):
 
 
 def load_split(seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """``(x_train, x_test, y_train, y_test)``; images as float32 [n, 1, 8, 8] in 0..1."""
+    """``(x_train, x_test, y_train, y_test)``: images float32 [n, 1, 8, 8] in 0..1, int64 labels."""
     digits = load_digits()
     images = (digits.images / 16.0).astype(np.float32)[:, np.newaxis]
     labels = digits.target.astype(np.int64)
@@ -76,23 +80,27 @@ def load_split(seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarra
 def train(
     x: np.ndarray, y: np.ndarray, *, seed: int, epochs: int, progress: bool, batch_size: int = 64
 ) -> DigitsCNN:
-    """Adam on shuffled mini-batches, one torch thread so the result depends on the seed only."""
-    torch.manual_seed(seed)
+    """Adam on seeded shuffles; one torch thread, because summation order changes the weights."""
+    threads_before = torch.get_num_threads()
     torch.set_num_threads(1)
-    model = DigitsCNN()
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
-    loss_fn = nn.CrossEntropyLoss()
-    inputs, targets = torch.from_numpy(x), torch.from_numpy(y)
-    shuffle = torch.Generator().manual_seed(seed)
-    model.train()
-    with Progress(disable=not progress, transient=True) as bar:
-        task = bar.add_task("training digits-cnn", total=epochs)
-        for _ in range(epochs):
-            for batch in torch.randperm(len(inputs), generator=shuffle).split(batch_size):
-                optimizer.zero_grad()
-                loss_fn(model(inputs[batch]), targets[batch]).backward()
-                optimizer.step()
-            bar.advance(task)
+    try:
+        torch.manual_seed(seed)
+        model = DigitsCNN()
+        optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+        loss_fn = nn.CrossEntropyLoss()
+        inputs, targets = torch.from_numpy(x), torch.from_numpy(y)
+        shuffle = torch.Generator().manual_seed(seed)
+        model.train()
+        with Progress(disable=not progress, transient=True) as bar:
+            task = bar.add_task(f"training {NAME}", total=epochs)
+            for _ in range(epochs):
+                for batch in torch.randperm(len(inputs), generator=shuffle).split(batch_size):
+                    optimizer.zero_grad()
+                    loss_fn(model(inputs[batch]), targets[batch]).backward()
+                    optimizer.step()
+                bar.advance(task)
+    finally:
+        torch.set_num_threads(threads_before)
     return model.eval()
 
 
@@ -101,65 +109,68 @@ def build_digits(
 ) -> list[BuiltModel]:
     """Train, export and quantize the digits CNN; returns ``[fp32, int8]``.
 
-    Layout: ``out_dir/<version>/{model.onnx, golden.npz, report.json}``. The fp32 model is the
-    baseline the int8 report compares against.
+    Layout: ``out_dir/<version>/{model.onnx, golden.npz, report.json}``, versions ``1-fp32``
+    and ``1-int8``. fp32 is the baseline the int8 report compares against. Accuracy is measured
+    on the held-out 20%; latency at batch 1 on :data:`HOST_THREADS` onnxruntime threads.
     """
     x_train, x_test, y_train, y_test = load_split(seed)
     model = train(x_train, y_train, seed=seed, epochs=epochs, progress=progress)
 
-    fp32_dir, int8_dir = out_dir / "1-fp32", out_dir / "1-int8"
     fp32_path = export_onnx(
         model,
         torch.from_numpy(x_test[:1]),
-        fp32_dir / "model.onnx",
+        out_dir / "1-fp32" / "model.onnx",
         input_name=INPUT_NAME,
         output_name=OUTPUT_NAME,
     )
-    calibration = x_train[np.random.default_rng(seed).permutation(len(x_train))][
-        :CALIBRATION_SAMPLES
+    calibration = x_train[np.random.default_rng(seed).permutation(len(x_train))]
+    int8_path = quantize_static_int8(
+        fp32_path,
+        out_dir / "1-int8" / "model.onnx",
+        calibration[:CALIBRATION_SAMPLES],
+        INPUT_NAME,
+    )
+    variants = [
+        ("fp32", fp32_path, ["train", "export-onnx"]),
+        ("int8", int8_path, ["train", "export-onnx", "quantize-static-qdq-int8"]),
     ]
-    int8_path = quantize_static_int8(fp32_path, int8_dir / "model.onnx", calibration, INPUT_NAME)
 
     baseline_size = fp32_path.stat().st_size
     baseline_accuracy = evaluate.accuracy(fp32_path, x_test, y_test, threads=HOST_THREADS)
-    variants = [
-        ("fp32", "1-fp32", fp32_path, ["train", "export-onnx"], FP32_GOLDEN_ATOL),
-        (
-            "int8",
-            "1-int8",
-            int8_path,
-            ["train", "export-onnx", "quantize-static-qdq-int8"],
-            INT8_GOLDEN_ATOL,
-        ),
-    ]
+    golden_inputs = x_test[:GOLDEN_SAMPLES]
     built = []
     with Progress(disable=not progress, transient=True) as bar:
-        task = bar.add_task("evaluating digits-cnn", total=len(variants))
-        for variant, version, path, recipe, golden_atol in variants:
-            size = path.stat().st_size
-            model_accuracy = evaluate.accuracy(path, x_test, y_test, threads=HOST_THREADS)
-            p50, p95 = evaluate.latency(path, x_test[:1], threads=HOST_THREADS)
-            golden_path = evaluate_golden(path, x_test[:GOLDEN_SAMPLES])
+        task = bar.add_task(f"evaluating {NAME}", total=len(variants))
+        for variant, model_path, recipe in variants:
+            golden_path = model_path.parent / "golden.npz"
+            logit_scale = evaluate.make_golden(model_path, golden_inputs, golden_path)
+            size = model_path.stat().st_size
+            accuracy = evaluate.accuracy(model_path, x_test, y_test, threads=HOST_THREADS)
+            p50, p95 = evaluate.latency(model_path, x_test[:1], threads=HOST_THREADS)
             report = ModelReport(
                 variant=variant,
                 recipe=recipe,
                 size_bytes=size,
-                accuracy=model_accuracy,
+                accuracy=accuracy,
                 baseline_accuracy=baseline_accuracy,
-                accuracy_drop=baseline_accuracy - model_accuracy,
+                accuracy_drop=baseline_accuracy - accuracy,
                 compression_ratio=baseline_size / size,
                 host_latency_p50_ms=p50,
                 host_latency_p95_ms=p95,
                 host_threads=HOST_THREADS,
-                golden_atol=golden_atol,
+                golden_atol=(
+                    FP32_GOLDEN_ATOL
+                    if variant == "fp32"
+                    else round(INT8_GOLDEN_ATOL_FRACTION * logit_scale, 4)
+                ),
             )
-            (path.parent / "report.json").write_text(report.model_dump_json(indent=2) + "\n")
-            inputs, outputs = tensor_specs(path)
+            (model_path.parent / "report.json").write_text(report.model_dump_json(indent=2) + "\n")
+            inputs, outputs = tensor_specs(model_path)
             built.append(
                 BuiltModel(
                     name=NAME,
-                    version=version,
-                    model_path=path,
+                    version=f"1-{variant}",
+                    model_path=model_path,
                     golden_path=golden_path,
                     inputs=inputs,
                     outputs=outputs,
@@ -168,9 +179,3 @@ def build_digits(
             )
             bar.advance(task)
     return built
-
-
-def evaluate_golden(model_path: Path, inputs: np.ndarray) -> Path:
-    golden_path = model_path.parent / "golden.npz"
-    evaluate.make_golden(model_path, inputs, golden_path)
-    return golden_path

@@ -17,6 +17,13 @@ def fleet_summary(fleet: FleetDep) -> list[dict[str, Any]]:
     return fleet.fleet_summary()
 
 
+@router.post("/fleet/plan")
+def plan_fleet(fleet: FleetDep) -> list[dict[str, Any]]:
+    """Re-pick every device's model now; devices whose choice changed get a new revision."""
+    fleet.plan_all()
+    return fleet.fleet_summary()
+
+
 @router.get("/devices/{device_id}/reports")
 def device_reports(
     device_id: str, fleet: FleetDep, limit: int = Query(default=50, ge=1, le=1000)

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, HTTPException, status
+from fastapi import APIRouter, HTTPException, Query, status
 from pydantic import BaseModel, Field
 from sqlalchemy import select
 
@@ -36,11 +36,15 @@ def _public(model: ModelVersion) -> ModelPublic:
 
 
 @router.post("", status_code=status.HTTP_201_CREATED)
-def register_model(body: ModelCreate, fleet: FleetDep) -> ModelPublic:
-    """Register a version whose files were PUT first; the fleet is re-planned at once."""
+def register_model(
+    body: ModelCreate,
+    fleet: FleetDep,
+    plan: bool = Query(default=True, description="re-plan the fleet now (else POST /fleet/plan)"),
+) -> ModelPublic:
+    """Register a version whose files were PUT first; by default the fleet is re-planned."""
     try:
         model = fleet.register_model(**body.model_dump(exclude={"inputs", "outputs"}),
-                                     inputs=body.inputs, outputs=body.outputs)
+                                     inputs=body.inputs, outputs=body.outputs, plan=plan)
     except UnknownArtifactError as exc:
         raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, str(exc)) from None
     except ValueError as exc:
