@@ -88,7 +88,7 @@ def bench_demo(args: Any) -> list[Figure]:
     from .demo import run_demo
 
     devices = args.devices
-    result = run_demo(devices=devices, workdir=args.workdir / "bench-demo")
+    result = run_demo(devices=devices, workdir=args.workdir / "bench-demo", broker=args.broker)
     reporting = sum(1 for d in result.devices if d["ok"])
     return [
         Figure("demo.devices_reporting", reporting, "devices", f">= {devices}"),

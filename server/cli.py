@@ -34,6 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--json", type=Path, dest="json_path", help="write figures as JSON")
     bench.add_argument("--devices", type=int, default=2)
     bench.add_argument("--workdir", type=Path, default=Path(".edgeloop"))
+    bench.add_argument("--broker", choices=["auto", "mosquitto", "amqtt"], default="auto")
     return parser
 
 
