@@ -8,12 +8,12 @@ Nothing a peer sends can crash the agent: an invalid message is logged and dropp
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
 import platform
 import threading
-import time
 from pathlib import Path
 
 import onnxruntime as ort
@@ -122,7 +122,7 @@ class Agent:
 
     # ------------------------------------------------------------------ MQTT callbacks
 
-    def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:  # noqa: ANN001
+    def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:
         if reason_code.is_failure:
             log.error("broker refused the connection: %s", reason_code)
             return
@@ -146,7 +146,7 @@ class Agent:
         phase = Phase(self.state.get("phase", Phase.IDLE))
         self._publish(Channel.STATUS, self._status(phase), retain=True)
 
-    def _on_message(self, client, userdata, message) -> None:  # noqa: ANN001
+    def _on_message(self, client, userdata, message) -> None:
         try:
             desired = decode(message.payload, message.topic)
         except ProtocolError as exc:
@@ -183,28 +183,36 @@ class Agent:
         report = self._try_apply(desired, manifest)
         self._last_report = report
         self._save_state(
-            revision=desired.revision, model=label if report.ok else None,
-            ok=report.ok, phase=report.phase,
+            revision=desired.revision,
+            model=label if report.ok else None,
+            ok=report.ok,
+            phase=report.phase,
         )
         self._publish(Channel.REPORT, report)
         detail = report.error or ""
-        self._publish(Channel.STATUS, self._status(report.phase, desired.revision, detail), retain=True)
+        self._publish(
+            Channel.STATUS, self._status(report.phase, desired.revision, detail), retain=True
+        )
 
     def _try_apply(self, desired: Desired, manifest: ModelManifest) -> Report:
         profile = desired.profile
-        fields = dict(
+        label = f"{manifest.name}:{manifest.version}"
+        outcome = functools.partial(
+            Report,
             device_id=self.config.device_id,
             revision=desired.revision,
-            model=f"{manifest.name}:{manifest.version}",
+            model=label,
             artifact_sha256=manifest.artifact.sha256,
         )
-        self._publish(Channel.STATUS, self._status(Phase.DOWNLOADING, desired.revision), retain=True)
+        self._publish(
+            Channel.STATUS, self._status(Phase.DOWNLOADING, desired.revision), retain=True
+        )
         try:
             model_path = self._fetch_with_retries(manifest)
             golden_path = self._fetch_with_retries(manifest, golden=True)
         except AgentError as exc:
             log.error("download failed: %s", exc)
-            return Report(**fields, ok=False, phase=Phase.FAILED, verified=False, error=str(exc))
+            return outcome(ok=False, phase=Phase.FAILED, verified=False, error=str(exc))
         self._publish(Channel.STATUS, self._status(Phase.VALIDATING, desired.revision), retain=True)
         try:
             session = open_session(model_path, profile)
@@ -213,7 +221,7 @@ class Agent:
             golden_err = check_golden(session, golden_inputs, golden_outputs, manifest)
         except GateError as exc:
             log.error("validation failed: %s", exc)
-            return Report(**fields, ok=False, phase=Phase.FAILED, verified=True, error=str(exc))
+            return outcome(ok=False, phase=Phase.FAILED, verified=True, error=str(exc))
         meter = EnergyMeter(self._sensor)
         meter.start()
         measurement = measure(session, golden_inputs, self.config.inferences)
@@ -228,10 +236,12 @@ class Agent:
         self._session = session
         log.info(
             "running %s: p50 %.3f ms, p95 %.3f ms, peak RSS %.1f MB",
-            fields["model"], measurement.latency.p50_ms, measurement.latency.p95_ms, rss,
+            label,
+            measurement.latency.p50_ms,
+            measurement.latency.p95_ms,
+            rss,
         )
-        return Report(
-            **fields,
+        return outcome(
             ok=True,
             phase=Phase.RUNNING,
             verified=True,
@@ -264,23 +274,26 @@ class Agent:
     def _telemetry_loop(self) -> None:
         while not self._stop.wait(self.config.telemetry_interval_s):
             report = self._last_report
-            running = report is not None and report.ok
+            running = report if report is not None and report.ok else None
             self._publish(
                 Channel.TELEMETRY,
                 Telemetry(
                     device_id=self.config.device_id,
-                    model=report.model if running else None,
-                    latency=report.latency if running else None,
+                    model=running.model if running else None,
+                    latency=running.latency if running else None,
                     rss_mb=self._process.memory_info().rss / 2**20,
                     cpu_percent=self._process.cpu_percent(),
-                    energy=report.energy if running else None,
+                    energy=running.energy if running else None,
                 ),
             )
 
-    def _status(self, phase: Phase, revision: int | None = None, detail: str = "",
-                online: bool = True) -> Status:
+    def _status(
+        self, phase: Phase, revision: int | None = None, detail: str = "", online: bool = True
+    ) -> Status:
         return Status(
-            device_id=self.config.device_id, online=online, phase=phase,
+            device_id=self.config.device_id,
+            online=online,
+            phase=phase,
             revision=revision if revision is not None else self.state.get("revision"),
             detail=detail,
         )

@@ -20,7 +20,7 @@ CHUNK_BYTES = 64 * 1024
 TIMEOUT_S = (5.0, 30.0)
 
 
-def _hash_file(path: Path) -> "hashlib._Hash":
+def _hash_file(path: Path) -> hashlib._Hash:
     digest = hashlib.sha256()
     with path.open("rb") as handle:
         for block in iter(lambda: handle.read(1 << 20), b""):
@@ -67,8 +67,8 @@ def fetch(ref: FileRef, blob_dir: Path, session: requests.Session | None = None)
 
 
 def _download(
-    ref: FileRef, part: Path, have: int, digest: "hashlib._Hash", http: requests.Session
-) -> tuple[int, "hashlib._Hash"]:
+    ref: FileRef, part: Path, have: int, digest: hashlib._Hash, http: requests.Session
+) -> tuple[int, hashlib._Hash]:
     headers = {"Range": f"bytes={have}-"} if have else {}
     try:
         with http.get(ref.url, headers=headers, stream=True, timeout=TIMEOUT_S) as response:

@@ -28,25 +28,25 @@ __all__ = [
     "PROTOCOL_VERSION",
     "TOPIC_ROOT",
     "Channel",
+    "Desired",
+    "DeviceProfile",
+    "Energy",
+    "FileRef",
+    "Hello",
+    "LatencyStats",
+    "Message",
+    "ModelManifest",
     "Phase",
     "ProtocolError",
-    "DeviceProfile",
-    "FileRef",
-    "TensorSpec",
-    "ModelManifest",
-    "Hello",
-    "Status",
-    "Desired",
-    "LatencyStats",
-    "Energy",
     "Report",
+    "Status",
     "Telemetry",
-    "Message",
-    "topic",
+    "TensorSpec",
+    "decode",
+    "encode",
     "parse_topic",
     "subscription",
-    "encode",
-    "decode",
+    "topic",
 ]
 
 PROTOCOL_VERSION = 1
@@ -159,7 +159,7 @@ class Energy(_Strict):
 
 
 class _Message(_Strict):
-    protocol: Literal[1] = PROTOCOL_VERSION
+    protocol: Literal[1] = 1
     device_id: str = Field(pattern=DEVICE_ID_PATTERN)
     sent_at: datetime = Field(default_factory=_now)
 
@@ -257,14 +257,18 @@ def parse_topic(name: str) -> tuple[str, Channel]:
         return parts[0], Channel(parts[1])
     except ValueError:
         known = ", ".join(c.value for c in Channel)
-        raise ProtocolError(f"topic {name!r}: unknown channel {parts[1]!r} (known: {known})")
+        raise ProtocolError(
+            f"topic {name!r}: unknown channel {parts[1]!r} (known: {known})"
+        ) from None
 
 
 def encode(message: BaseModel) -> bytes:
     return message.model_dump_json(exclude_none=False).encode()
 
 
-def decode(payload: bytes | str, topic_name: str | None = None) -> Hello | Status | Desired | Report | Telemetry:
+def decode(
+    payload: bytes | str, topic_name: str | None = None
+) -> Hello | Status | Desired | Report | Telemetry:
     """Parse and validate one payload.
 
     When ``topic_name`` is given, the message must be of that topic's channel and name the

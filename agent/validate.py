@@ -28,7 +28,11 @@ def check_io(session: ort.InferenceSession, manifest: ModelManifest) -> None:
 
 
 def _numpy_dtype(onnx_type: str) -> str:
-    mapping = {"tensor(float)": "float32", "tensor(float16)": "float16", "tensor(double)": "float64"}
+    mapping = {
+        "tensor(float)": "float32",
+        "tensor(float16)": "float16",
+        "tensor(double)": "float64",
+    }
     return mapping.get(onnx_type, onnx_type.removeprefix("tensor(").removesuffix(")"))
 
 
@@ -38,7 +42,9 @@ def load_golden(path: Path) -> tuple[np.ndarray, np.ndarray]:
         with np.load(path, allow_pickle=False) as data:
             return data["inputs"], data["outputs"]
     except Exception as exc:
-        raise GateError("golden", f"{path.name} is not a golden npz with inputs/outputs: {exc}")
+        raise GateError(
+            "golden", f"{path.name} is not a golden npz with inputs/outputs: {exc}"
+        ) from exc
 
 
 def check_golden(
@@ -58,4 +64,3 @@ def check_golden(
             f"{manifest.golden_rtol}",
         )
     return max_err
-

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-__all__ = ["session", "accuracy", "latency", "make_golden"]
+__all__ = ["accuracy", "latency", "make_golden", "session"]
 
 
 def session(model_path: Path, threads: int = 1) -> ort.InferenceSession:

@@ -71,10 +71,15 @@ def tensor_specs(path: Path) -> tuple[list[TensorSpec], list[TensorSpec]]:
 
 def _spec(value: onnx.ValueInfoProto) -> TensorSpec:
     tensor = value.type.tensor_type
-    shape: list[int | str] = [
-        dim.dim_param if dim.HasField("dim_param") else dim.dim_value
-        if dim.HasField("dim_value") else "?"
-        for dim in tensor.shape.dim
-    ]
-    dtype = helper.tensor_dtype_to_np_dtype(tensor.elem_type).name
-    return TensorSpec(name=value.name, dtype=dtype, shape=shape)
+    return TensorSpec(
+        name=value.name,
+        dtype=helper.tensor_dtype_to_np_dtype(tensor.elem_type).name,
+        shape=[_dim(dim) for dim in tensor.shape.dim],
+    )
+
+
+def _dim(dim: onnx.TensorShapeProto.Dimension) -> int | str:
+    """A size, or the symbolic name; an unnamed unknown size is still symbolic, so ``"?"``."""
+    if dim.HasField("dim_value"):
+        return dim.dim_value
+    return dim.dim_param or "?"

@@ -15,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from edgeloop.agent.protocol import TensorSpec
 
-__all__ = ["ModelReport", "BuiltModel"]
+__all__ = ["BuiltModel", "ModelReport"]
 
 
 class ModelReport(BaseModel):

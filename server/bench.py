@@ -41,7 +41,7 @@ def goal_met(value: float, goal: str) -> bool | None:
     for symbol in sorted(_OPS, key=len, reverse=True):
         if goal.startswith(symbol):
             try:
-                return bool(_OPS[symbol](value, float(goal[len(symbol):].strip())))
+                return bool(_OPS[symbol](value, float(goal[len(symbol) :].strip())))
             except ValueError:
                 return None
     return None
@@ -68,8 +68,9 @@ def machine_info() -> dict[str, Any]:
     }
 
 
-def write_bench(name: str, figures: list[Figure], json_path: Path | None,
-                console: Console | None = None) -> dict[str, Any]:
+def write_bench(
+    name: str, figures: list[Figure], json_path: Path | None, console: Console | None = None
+) -> dict[str, Any]:
     result = {"bench": name, "machine": machine_info(), "figures": [asdict(f) for f in figures]}
     table = Table(title=f"bench {name}")
     for column in ("figure", "value", "unit", "goal", "met"):

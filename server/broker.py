@@ -68,7 +68,9 @@ class Broker:
 class MosquittoBroker(Broker):
     kind = "mosquitto"
 
-    def __init__(self, workdir: Path, port: int | None = None, executable: str | None = None) -> None:
+    def __init__(
+        self, workdir: Path, port: int | None = None, executable: str | None = None
+    ) -> None:
         executable = executable or find_mosquitto()
         if executable is None:
             raise FileNotFoundError("mosquitto is not installed (apt-get install mosquitto)")
@@ -105,7 +107,9 @@ class EmbeddedBroker(Broker):
         self.port = port or free_port()
         config = {
             "listeners": {"default": {"type": "tcp", "bind": f"127.0.0.1:{self.port}"}},
-            "plugins": {"amqtt.plugins.authentication.AnonymousAuthPlugin": {"allow_anonymous": True}},
+            "plugins": {
+                "amqtt.plugins.authentication.AnonymousAuthPlugin": {"allow_anonymous": True}
+            },
         }
         self.loop = asyncio.new_event_loop()
         self._broker = AmqttBroker(config, loop=self.loop)

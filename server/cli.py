@@ -15,13 +15,20 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
 
     serve = commands.add_parser("serve", help="run the control plane (REST API + MQTT bridge)")
-    serve.add_argument("--workdir", type=Path, default=Path(".edgeloop/server"),
-                       help="SQLite database and artifact files live here")
+    serve.add_argument(
+        "--workdir",
+        type=Path,
+        default=Path(".edgeloop/server"),
+        help="SQLite database and artifact files live here",
+    )
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8000)
     serve.add_argument("--mqtt", default="127.0.0.1:1883", help="broker host:port")
-    serve.add_argument("--public-host", default=None,
-                       help="host name devices use to download artifacts (default: --host)")
+    serve.add_argument(
+        "--public-host",
+        default=None,
+        help="host name devices use to download artifacts (default: --host)",
+    )
 
     demo = commands.add_parser("demo", help="run the whole loop locally on embedded defaults")
     demo.add_argument("--devices", type=int, default=2, help="number of device agents (>=1)")
@@ -40,7 +47,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     if args.command == "serve":
         return _serve(args)
     if args.command == "demo":
@@ -50,15 +59,19 @@ def main(argv: list[str] | None = None) -> int:
             print("edgeloop demo: --devices must be at least 1", file=sys.stderr)
             return 2
         logging.getLogger().setLevel(logging.WARNING)
-        result = run_demo(devices=args.devices, workdir=args.workdir, json_path=args.json_path,
-                          broker=args.broker)
+        result = run_demo(
+            devices=args.devices, workdir=args.workdir, json_path=args.json_path, broker=args.broker
+        )
         return 0 if result.ok else 1
     if args.command == "bench":
         from .bench import BENCHES, write_bench
 
         if args.name not in BENCHES:
-            print(f"edgeloop bench: unknown benchmark {args.name!r}; known: "
-                  f"{', '.join(sorted(BENCHES))}", file=sys.stderr)
+            print(
+                f"edgeloop bench: unknown benchmark {args.name!r}; known: "
+                f"{', '.join(sorted(BENCHES))}",
+                file=sys.stderr,
+            )
             return 2
         logging.getLogger().setLevel(logging.WARNING)
         figures = BENCHES[args.name](args)
@@ -75,7 +88,10 @@ def _serve(args: argparse.Namespace) -> int:
 
     host, _, port = args.mqtt.rpartition(":")
     settings = Settings.for_workdir(
-        args.workdir, http_port=args.port, mqtt_host=host or "127.0.0.1", mqtt_port=int(port),
+        args.workdir,
+        http_port=args.port,
+        mqtt_host=host or "127.0.0.1",
+        mqtt_port=int(port),
         public_host=args.public_host or args.host,
     )
     uvicorn.run(create_app(settings), host=args.host, port=args.port, log_level="warning")

@@ -27,7 +27,9 @@ class ApiClient:
                 method, self.base_url + path, timeout=self.timeout_s, **kwargs
             )
         except requests.RequestException as exc:
-            raise ApiError(f"{method} {path}: control plane unreachable at {self.base_url}: {exc}")
+            raise ApiError(
+                f"{method} {path}: control plane unreachable at {self.base_url}: {exc}"
+            ) from exc
         if response.status_code >= 400:
             try:
                 detail = response.json().get("detail", response.text)

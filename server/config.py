@@ -16,8 +16,15 @@ class Settings(BaseModel):
     public_url: str = Field(description="base URL devices use to download artifacts")
 
     @classmethod
-    def for_workdir(cls, workdir: Path, *, http_port: int, mqtt_port: int = 1883,
-                    mqtt_host: str = "127.0.0.1", public_host: str = "127.0.0.1") -> Settings:
+    def for_workdir(
+        cls,
+        workdir: Path,
+        *,
+        http_port: int,
+        mqtt_port: int = 1883,
+        mqtt_host: str = "127.0.0.1",
+        public_host: str = "127.0.0.1",
+    ) -> Settings:
         """Defaults for a single-host install: SQLite and artifacts under ``workdir``."""
         return cls(
             database_url=os.environ.get(

@@ -32,7 +32,9 @@ DEMO_PROFILES: list[DeviceProfile] = [
         memory_budget_mb=512,
         latency_budget_ms=5.0,
         execution_providers=[
-            "TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider",
+            "TensorrtExecutionProvider",
+            "CUDAExecutionProvider",
+            "CPUExecutionProvider",
         ],
         arch="aarch64",
     ),
@@ -90,13 +92,17 @@ def run_demo(
             console.print(f"[bold]server[/]  {server.url}  (SQLite {workdir / 'edgeloop.db'})")
             agents = [
                 AgentProcess(f"{profile.name}-{i:02d}", profile, workdir, mqtt.port)
-                for i, profile in ((i, DEMO_PROFILES[i % len(DEMO_PROFILES)]) for i in range(devices))
+                for i, profile in (
+                    (i, DEMO_PROFILES[i % len(DEMO_PROFILES)]) for i in range(devices)
+                )
             ]
             processes.extend(agents)
             console.print(f"[bold]agents[/]  {', '.join(a.device_id for a in agents)}")
             client = ApiClient(server.url)
             models = _compress_and_push(client, workdir / "compressor", console)
-            rows = _wait_for_reports(client, [a.device_id for a in agents], timeout_s, console, agents)
+            rows = _wait_for_reports(
+                client, [a.device_id for a in agents], timeout_s, console, agents
+            )
         finally:
             for process in reversed(processes):
                 process.stop()
@@ -105,7 +111,11 @@ def run_demo(
     result = DemoResult(ok, mqtt.kind, time.perf_counter() - started, models, devices_json)
     console.print(_models_table(models))
     console.print(_devices_table(devices_json))
-    verdict = "[green]every device runs a verified model[/]" if ok else "[red]not every device runs a verified model[/]"
+    verdict = (
+        "[green]every device runs a verified model[/]"
+        if ok
+        else "[red]not every device runs a verified model[/]"
+    )
     console.print(f"{verdict}  ({result.wall_s:.1f} s, logs in {workdir / 'logs'})")
     if json_path is not None:
         json_path.parent.mkdir(parents=True, exist_ok=True)
@@ -132,9 +142,13 @@ def _compress_and_push(client: ApiClient, out_dir: Path, console: Console) -> li
             report=model.report.model_dump(mode="json"),
             plan=False,
         )
-        models.append({"model": f"{model.name}:{model.version}",
-                       "artifact_sha256": registered["artifact_sha256"],
-                       **model.report.model_dump(mode="json")})
+        models.append(
+            {
+                "model": f"{model.name}:{model.version}",
+                "artifact_sha256": registered["artifact_sha256"],
+                **model.report.model_dump(mode="json"),
+            }
+        )
     client.plan()
     return models
 
@@ -167,7 +181,7 @@ def _wait_for_reports(
 
 def _settled(row: dict[str, Any]) -> bool:
     report = row.get("report")
-    return bool(report) and report["revision"] == row["desired_revision"]
+    return report is not None and report["revision"] == row["desired_revision"]
 
 
 def _device_row(row: dict[str, Any]) -> dict[str, Any]:
@@ -213,17 +227,32 @@ def _models_table(models: list[dict[str, Any]]) -> Table:
         table.add_column(column, justify="left" if column in ("model", "recipe") else "right")
     for m in models:
         table.add_row(
-            m["model"], f"{m['size_bytes'] / 1024:.1f} KB", f"{m['accuracy']:.4f}",
-            f"{m['compression_ratio']:.2f}×", f"{m['accuracy_drop'] * 100:.2f}",
-            f"{m['host_latency_p50_ms']:.3f}", " → ".join(m.get("recipe", [])),
+            m["model"],
+            f"{m['size_bytes'] / 1024:.1f} KB",
+            f"{m['accuracy']:.4f}",
+            f"{m['compression_ratio']:.2f}×",
+            f"{m['accuracy_drop'] * 100:.2f}",
+            f"{m['host_latency_p50_ms']:.3f}",
+            " → ".join(m.get("recipe", [])),
         )
     return table
 
 
 def _devices_table(devices: list[dict[str, Any]]) -> Table:
     table = Table(title="Devices")
-    columns = ("device", "profile", "model", "size", "accuracy", "p50 ms", "p95 ms", "RSS MB",
-               "energy mJ/inf", "within budget", "verified")
+    columns = (
+        "device",
+        "profile",
+        "model",
+        "size",
+        "accuracy",
+        "p50 ms",
+        "p95 ms",
+        "RSS MB",
+        "energy mJ/inf",
+        "within budget",
+        "verified",
+    )
     for column in columns:
         table.add_column(column, justify="left" if column in columns[:3] else "right")
     for d in devices:
@@ -235,10 +264,16 @@ def _devices_table(devices: list[dict[str, Any]]) -> Table:
             misses = [k for k, v in (d["budget_detail"] or {}).items() if not v]
             budget += f" ({', '.join(misses)})"
         table.add_row(
-            d["device_id"], d["profile"], _fmt(d["model"]),
+            d["device_id"],
+            d["profile"],
+            _fmt(d["model"]),
             f"{d['size_bytes'] / 1024:.1f} KB" if d["size_bytes"] else "—",
-            _fmt(d["accuracy"], ".4f"), _fmt(d["p50_ms"], ".3f"), _fmt(d["p95_ms"], ".3f"),
-            _fmt(d["peak_rss_mb"], ".1f"), energy, budget,
+            _fmt(d["accuracy"], ".4f"),
+            _fmt(d["p50_ms"], ".3f"),
+            _fmt(d["p95_ms"], ".3f"),
+            _fmt(d["peak_rss_mb"], ".1f"),
+            energy,
+            budget,
             "[green]yes[/]" if d["ok"] else f"[red]no[/] {d['error'] or ''}",
         )
     return table

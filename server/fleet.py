@@ -136,7 +136,9 @@ class Fleet:
                 if db.get(Artifact, sha) is None:
                     raise UnknownArtifactError(f"artifact {sha} is not uploaded; PUT it first")
             exists = db.scalar(
-                select(ModelVersion).where(ModelVersion.name == name, ModelVersion.version == version)
+                select(ModelVersion).where(
+                    ModelVersion.name == name, ModelVersion.version == version
+                )
             )
             if exists is not None:
                 raise ValueError(f"model {name}:{version} exists; versions are immutable")
@@ -177,21 +179,21 @@ class Fleet:
         profile = DeviceProfile.model_validate(device.profile)
         versions = list(db.scalars(select(ModelVersion)))
         choice = choose_model(profile, [_candidate(v) for v in versions])
-        chosen = next((v for v in versions if choice.candidate and v.id == choice.candidate.id), None)
+        chosen = next(
+            (v for v in versions if choice.candidate and v.id == choice.candidate.id), None
+        )
+        chosen_id = chosen.id if chosen else None
         state = db.get(DesiredState, device.id)
-        changed = state is None or state.model_version_id != (chosen.id if chosen else None)
+        if state is None:
+            state = DesiredState(device_id=device.id, revision=0, model_version_id=None)
+            db.add(state)
+        changed = state.revision == 0 or state.model_version_id != chosen_id
+        state.reason = choice.reason
         if changed:
-            revision = (state.revision + 1) if state else 1
-            if state is None:
-                state = DesiredState(device_id=device.id, revision=revision)
-                db.add(state)
-            state.revision = revision
-            state.model_version_id = chosen.id if chosen else None
-            state.reason = choice.reason
+            state.revision += 1
+            state.model_version_id = chosen_id
             state.published_at = datetime.now(UTC)
-            log.info("device %s -> revision %d: %s", device.id, revision, choice.reason)
-        else:
-            state.reason = choice.reason
+            log.info("device %s -> revision %d: %s", device.id, state.revision, choice.reason)
         if changed or force_publish:
             desired = Desired(
                 device_id=device.id,
@@ -228,7 +230,11 @@ class Fleet:
         with self.sessions() as db:
             for device in db.scalars(select(Device).order_by(Device.id)):
                 state = db.get(DesiredState, device.id)
-                desired = db.get(ModelVersion, state.model_version_id) if state and state.model_version_id else None
+                desired = (
+                    db.get(ModelVersion, state.model_version_id)
+                    if state and state.model_version_id
+                    else None
+                )
                 report = db.scalar(
                     select(DeviceReport)
                     .where(DeviceReport.device_id == device.id)
@@ -260,4 +266,3 @@ def _candidate(model: ModelVersion) -> Candidate:
         size_bytes=int(report.get("size_bytes", 0)),
         host_latency_p95_ms=report.get("host_latency_p95_ms"),
     )
-

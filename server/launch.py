@@ -54,9 +54,16 @@ class ServerProcess(ManagedProcess):
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         argv = [
-            sys.executable, "-m", "edgeloop.server.cli", "serve",
-            "--workdir", str(workdir), "--port", str(self.port),
-            "--mqtt", f"127.0.0.1:{mqtt_port}",
+            sys.executable,
+            "-m",
+            "edgeloop.server.cli",
+            "serve",
+            "--workdir",
+            str(workdir),
+            "--port",
+            str(self.port),
+            "--mqtt",
+            f"127.0.0.1:{mqtt_port}",
         ]
         super().__init__("server", argv, workdir / "logs" / "server.log")
 
@@ -87,12 +94,21 @@ class AgentProcess(ManagedProcess):
     ) -> None:
         self.device_id = device_id
         argv = [
-            sys.executable, "-m", "edgeloop.agent.cli", "run",
-            "--device-id", device_id,
-            "--broker", f"127.0.0.1:{mqtt_port}",
-            "--workdir", str(workdir / "devices" / device_id),
-            "--profile", json.dumps(profile.model_dump(mode="json")),
-            "--inferences", str(inferences),
-            "--telemetry-interval", str(telemetry_interval_s),
+            sys.executable,
+            "-m",
+            "edgeloop.agent.cli",
+            "run",
+            "--device-id",
+            device_id,
+            "--broker",
+            f"127.0.0.1:{mqtt_port}",
+            "--workdir",
+            str(workdir / "devices" / device_id),
+            "--profile",
+            json.dumps(profile.model_dump(mode="json")),
+            "--inferences",
+            str(inferences),
+            "--telemetry-interval",
+            str(telemetry_interval_s),
         ]
         super().__init__(device_id, argv, workdir / "logs" / f"agent-{device_id}.log")

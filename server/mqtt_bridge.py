@@ -71,7 +71,7 @@ class MqttBridge:
             topic(desired.device_id, Channel.DESIRED), encode(desired), qos=1, retain=True
         )
 
-    def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:  # noqa: ANN001
+    def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:
         if reason_code.is_failure:
             log.error("broker refused the connection: %s", reason_code)
             return
@@ -79,7 +79,7 @@ class MqttBridge:
         self.connected.set()
         log.info("bridge connected to %s:%d", self.host, self.port)
 
-    def _on_message(self, client, userdata, message) -> None:  # noqa: ANN001
+    def _on_message(self, client, userdata, message) -> None:
         try:
             parsed = decode(message.payload, message.topic)
         except ProtocolError as exc:

@@ -46,7 +46,7 @@ def server(tmp_path: Path, mosquitto: Broker) -> Iterator[ServerProcess]:
 
 
 @pytest.fixture(scope="session")
-def digits_models(tmp_path_factory: pytest.TempPathFactory):  # noqa: ANN201
+def digits_models(tmp_path_factory: pytest.TempPathFactory):
     """The real digits CNN, fp32 and int8, built once per test session."""
     from edgeloop.compressor.examples.digits import build_digits
 

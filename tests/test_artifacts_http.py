@@ -66,9 +66,7 @@ def test_agent_resumes_a_partial_download_from_where_it_stopped(
     assert not (blobs / f"{SHA}.part").exists()
 
 
-def test_corrupt_partial_download_is_detected_and_discarded(
-    uploaded: FileRef, blobs: Path
-) -> None:
+def test_corrupt_partial_download_is_detected_and_discarded(uploaded: FileRef, blobs: Path) -> None:
     blobs.mkdir()
     (blobs / f"{SHA}.part").write_bytes(b"\0" * 1000)
     with pytest.raises(ArtifactError, match="does not match manifest"):
@@ -90,9 +88,14 @@ def test_missing_artifact_is_a_transport_error(server: ServerProcess, blobs: Pat
         fetch(ref, blobs)
 
 
-def test_registering_a_model_whose_files_were_not_uploaded_is_refused(server: ServerProcess) -> None:
+def test_registering_a_model_whose_files_were_not_uploaded_is_refused(
+    server: ServerProcess,
+) -> None:
     body = {
-        "name": "m", "version": "1", "artifact_sha256": "1" * 64, "golden_sha256": "2" * 64,
+        "name": "m",
+        "version": "1",
+        "artifact_sha256": "1" * 64,
+        "golden_sha256": "2" * 64,
         "inputs": [{"name": "x", "dtype": "float32", "shape": [1]}],
         "outputs": [{"name": "y", "dtype": "float32", "shape": [1]}],
     }

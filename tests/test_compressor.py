@@ -1,6 +1,7 @@
 """The compressor's first real case: the digits CNN, built for real with torch and onnxruntime.
 
-One build is shared by the module (it takes a few seconds); each test reads one promise off it.
+One build is shared by the session (conftest's ``digits_models``, a few seconds); each test
+reads one promise off it.
 Speed is measured by the build and printed here, never asserted: timings belong to benchmarks.
 """
 
@@ -21,16 +22,17 @@ from edgeloop.compressor.examples.digits import load_split
 
 
 @pytest.fixture(scope="module")
-def built(tmp_path_factory: pytest.TempPathFactory) -> dict[str, BuiltModel]:
-    models = build_digits(tmp_path_factory.mktemp("digits"), progress=False)
-    for model in models:
+def built(digits_models: list[BuiltModel]) -> dict[str, BuiltModel]:
+    """The session's digits build (conftest), keyed by variant; prints what was measured."""
+    for model in digits_models:
         r = model.report
+        p50_us, p95_us = r.host_latency_p50_ms * 1e3, r.host_latency_p95_ms * 1e3
         print(
             f"\n{model.version}: {r.size_bytes} B, accuracy {r.accuracy:.4f}, "
-            f"host p50 {r.host_latency_p50_ms * 1e3:.1f} us, p95 {r.host_latency_p95_ms * 1e3:.1f} us "
-            f"({r.host_threads} thread), golden_atol {r.golden_atol}"
+            f"host p50 {p50_us:.1f} us, p95 {p95_us:.1f} us ({r.host_threads} thread), "
+            f"golden_atol {r.golden_atol}"
         )
-    return {model.report.variant: model for model in models}
+    return {model.report.variant: model for model in digits_models}
 
 
 def run(model_path: Path, inputs: np.ndarray, *, optimized: bool = True) -> np.ndarray:

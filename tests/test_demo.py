@@ -16,9 +16,23 @@ from edgeloop.server.bench import Figure, goal_met, write_bench
 def test_demo_on_the_embedded_broker_reports_every_device(tmp_path: Path) -> None:
     out = tmp_path / "demo.json"
     run = subprocess.run(
-        [sys.executable, "-m", "edgeloop.server.cli", "demo", "--devices", "3",
-         "--broker", "amqtt", "--workdir", str(tmp_path / "work"), "--json", str(out)],
-        capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            "-m",
+            "edgeloop.server.cli",
+            "demo",
+            "--devices",
+            "3",
+            "--broker",
+            "amqtt",
+            "--workdir",
+            str(tmp_path / "work"),
+            "--json",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     assert "broker  amqtt" in run.stdout
@@ -38,8 +52,13 @@ def test_demo_on_the_embedded_broker_reports_every_device(tmp_path: Path) -> Non
 
 @pytest.mark.parametrize(
     ("value", "goal", "met"),
-    [(2, ">= 2", True), (1, ">= 2", False), (130.0, "<= 120", False), (0.5, "< 1", True),
-     (3, "about 3", None)],
+    [
+        (2, ">= 2", True),
+        (1, ">= 2", False),
+        (130.0, "<= 120", False),
+        (0.5, "< 1", True),
+        (3, "about 3", None),
+    ],
 )
 def test_a_goal_is_met_missed_or_informational(value: float, goal: str, met: bool | None) -> None:
     assert goal_met(value, goal) is met

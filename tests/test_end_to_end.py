@@ -18,11 +18,16 @@ from edgeloop.server.launch import AgentProcess, ServerProcess
 pytestmark = pytest.mark.slow
 
 ROOMY = DeviceProfile(name="roomy", cpu_threads=2, memory_budget_mb=512, latency_budget_ms=50)
-TIGHT = DeviceProfile(name="tight", cpu_threads=1, memory_budget_mb=256, latency_budget_ms=50,
-                      model_size_budget_kb=128)
+TIGHT = DeviceProfile(
+    name="tight",
+    cpu_threads=1,
+    memory_budget_mb=256,
+    latency_budget_ms=50,
+    model_size_budget_kb=128,
+)
 
 
-def wait_until(predicate, timeout_s: float, what: str):  # noqa: ANN001, ANN201
+def wait_until(predicate, timeout_s: float, what: str):
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         value = predicate()
@@ -55,9 +60,14 @@ def test_two_devices_run_the_models_the_server_published_for_their_profiles(
         published = {}
         for model in digits_models:
             registered = client.push_model(
-                name=model.name, version=model.version, model_path=model.model_path,
-                golden_path=model.golden_path, inputs=model.inputs, outputs=model.outputs,
-                golden_atol=model.report.golden_atol, report=model.report.model_dump(mode="json"),
+                name=model.name,
+                version=model.version,
+                model_path=model.model_path,
+                golden_path=model.golden_path,
+                inputs=model.inputs,
+                outputs=model.outputs,
+                golden_atol=model.report.golden_atol,
+                report=model.report.model_dump(mode="json"),
                 plan=False,
             )
             published[f"{model.name}:{model.version}"] = registered["artifact_sha256"]
@@ -65,42 +75,55 @@ def test_two_devices_run_the_models_the_server_published_for_their_profiles(
 
         def settled() -> list[dict] | None:
             rows = client.fleet()
-            done = [r for r in rows if r["report"] and r["report"]["revision"] == r["desired_revision"]]
+            done = [
+                r for r in rows if r["report"] and r["report"]["revision"] == r["desired_revision"]
+            ]
             return rows if len(done) == 2 else None
 
         rows = {r["device_id"]: r for r in wait_until(settled, 90, "both devices to report")}
         int8 = next(m for m in digits_models if m.version.endswith("int8"))
         assert rows["tight-01"]["desired_model"] == f"{int8.name}:{int8.version}"
-        for device_id, row in rows.items():
+        for row in rows.values():
             report = row["report"]
             assert report["ok"] and report["verified"], report
             assert report["artifact_sha256"] == published[row["desired_model"]]
             assert report["model"] == row["desired_model"]
             assert report["phase"] == "running"
-            assert row["desired_revision"] == 2, "one revision for 'no model yet', one for the model"
+            assert row["desired_revision"] == 2, (
+                "one revision for 'no model yet', one for the model"
+            )
             latency = report["latency"]
             assert latency["n"] >= 200
             assert 0 < latency["p50_ms"] <= latency["p95_ms"] <= latency["p99_ms"]
             assert report["peak_rss_mb"] > 0
             assert report["energy"]["joules_per_inference"] > 0
-            assert report["energy"]["estimated"] == report["energy"]["source"].startswith("estimate")
+            assert report["energy"]["estimated"] == report["energy"]["source"].startswith(
+                "estimate"
+            )
 
         # Garbage on the wire is dropped; neither side crashes and the real data keeps flowing.
-        publish_raw(mosquitto, [
-            (topic("roomy-01", Channel.HELLO), b"{not json"),
-            (topic("roomy-01", Channel.REPORT), b'{"protocol": 1, "type": "report"}'),
-            (topic("roomy-01", Channel.DESIRED), b'{"protocol": 99}'),
-            (topic("tight-01", Channel.DESIRED), b"\x00\x01"),
-        ])
+        publish_raw(
+            mosquitto,
+            [
+                (topic("roomy-01", Channel.HELLO), b"{not json"),
+                (topic("roomy-01", Channel.REPORT), b'{"protocol": 1, "type": "report"}'),
+                (topic("roomy-01", Channel.DESIRED), b'{"protocol": 99}'),
+                (topic("tight-01", Channel.DESIRED), b"\x00\x01"),
+            ],
+        )
         time.sleep(1.5)
         assert server.alive() and all(a.alive() for a in agents)
-        assert "dropped message on edgeloop/v1/devices/roomy-01/hello" in server.log_path.read_text()
+        assert (
+            "dropped message on edgeloop/v1/devices/roomy-01/hello" in server.log_path.read_text()
+        )
         assert "protocol version 99 is not supported" in agents[0].log_path.read_text()
 
         db = sqlite3.connect(tmp_path / "edgeloop.db")
-        stored = dict(db.execute(
-            "SELECT device_id, artifact_sha256 FROM reports WHERE ok = 1 ORDER BY id"
-        ).fetchall())
+        stored = dict(
+            db.execute(
+                "SELECT device_id, artifact_sha256 FROM reports WHERE ok = 1 ORDER BY id"
+            ).fetchall()
+        )
         telemetry = db.execute("SELECT COUNT(DISTINCT device_id) FROM telemetry").fetchone()[0]
         db.close()
         assert stored == {d: published[rows[d]["desired_model"]] for d in rows}

@@ -39,18 +39,19 @@ def test_agent_extra_installs_alone_and_runs_without_torch(wheel: Path, tmp_path
     env_dir = tmp_path / "device-venv"
     venv.create(env_dir, with_pip=True)
     python = env_dir / "bin" / "python"
-    subprocess.run(
-        [str(python), "-m", "pip", "install", "--quiet", f"{wheel}[agent]"], check=True
-    )
+    subprocess.run([str(python), "-m", "pip", "install", "--quiet", f"{wheel}[agent]"], check=True)
     shown = subprocess.run(
-        [str(env_dir / "bin" / "edgeloop-agent"), "--help"], capture_output=True, text=True,
+        [str(env_dir / "bin" / "edgeloop-agent"), "--help"],
+        capture_output=True,
+        text=True,
         cwd=tmp_path,
     )
     assert shown.returncode == 0, shown.stderr
     assert "edgeloop-agent" in shown.stdout
     probe = (
         "import importlib.util as u, edgeloop.agent.daemon, edgeloop.agent.protocol;"
-        "print([m for m in ('torch', 'fastapi', 'sqlalchemy', 'agent', 'server') if u.find_spec(m)])"
+        "names = ('torch', 'fastapi', 'sqlalchemy', 'agent', 'server');"
+        "print([m for m in names if u.find_spec(m)])"
     )
     found = subprocess.run(
         [str(python), "-c", probe], capture_output=True, text=True, check=True, cwd=tmp_path

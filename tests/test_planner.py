@@ -5,8 +5,12 @@ from __future__ import annotations
 from edgeloop.agent.protocol import DeviceProfile
 from edgeloop.server.planner import Candidate, choose_model
 
-FP32 = Candidate(id=1, label="cnn:fp32", accuracy=0.986, size_bytes=400_000, host_latency_p95_ms=0.20)
-INT8 = Candidate(id=2, label="cnn:int8", accuracy=0.983, size_bytes=110_000, host_latency_p95_ms=0.15)
+FP32 = Candidate(
+    id=1, label="cnn:fp32", accuracy=0.986, size_bytes=400_000, host_latency_p95_ms=0.20
+)
+INT8 = Candidate(
+    id=2, label="cnn:int8", accuracy=0.983, size_bytes=110_000, host_latency_p95_ms=0.15
+)
 
 
 def profile(**overrides: object) -> DeviceProfile:
@@ -25,8 +29,9 @@ def test_a_storage_budget_excludes_models_that_do_not_fit() -> None:
 
 
 def test_equal_accuracy_goes_to_the_smaller_file() -> None:
-    twin = Candidate(id=3, label="cnn:int8b", accuracy=FP32.accuracy, size_bytes=90_000,
-                     host_latency_p95_ms=0.1)
+    twin = Candidate(
+        id=3, label="cnn:int8b", accuracy=FP32.accuracy, size_bytes=90_000, host_latency_p95_ms=0.1
+    )
     assert choose_model(profile(), [FP32, twin]).candidate == twin
 
 

@@ -43,15 +43,35 @@ LATENCY = LatencyStats(n=200, p50_ms=0.1, p95_ms=0.2, p99_ms=0.3, mean_ms=0.12)
 ENERGY = Energy(joules_per_inference=1e-4, avg_power_w=1.0, source="estimate", estimated=True)
 
 EXAMPLES = {
-    Channel.HELLO: Hello(device_id="pi-1", agent_version="0.1.0", profile=PROFILE,
-                         platform={"arch": "aarch64", "cores": 4}),
+    Channel.HELLO: Hello(
+        device_id="pi-1",
+        agent_version="0.1.0",
+        profile=PROFILE,
+        platform={"arch": "aarch64", "cores": 4},
+    ),
     Channel.STATUS: Status(device_id="pi-1", online=True, phase=Phase.DOWNLOADING, revision=3),
     Channel.DESIRED: Desired(device_id="pi-1", revision=3, model=MANIFEST, profile=PROFILE),
-    Channel.REPORT: Report(device_id="pi-1", revision=3, model="digits-cnn:1-int8",
-                           artifact_sha256=SHA, ok=True, phase=Phase.RUNNING, verified=True,
-                           latency=LATENCY, peak_rss_mb=80.0, energy=ENERGY, within_budget=True),
-    Channel.TELEMETRY: Telemetry(device_id="pi-1", model="digits-cnn:1-int8", latency=LATENCY,
-                                 rss_mb=75.0, cpu_percent=3.0, energy=ENERGY),
+    Channel.REPORT: Report(
+        device_id="pi-1",
+        revision=3,
+        model="digits-cnn:1-int8",
+        artifact_sha256=SHA,
+        ok=True,
+        phase=Phase.RUNNING,
+        verified=True,
+        latency=LATENCY,
+        peak_rss_mb=80.0,
+        energy=ENERGY,
+        within_budget=True,
+    ),
+    Channel.TELEMETRY: Telemetry(
+        device_id="pi-1",
+        model="digits-cnn:1-int8",
+        latency=LATENCY,
+        rss_mb=75.0,
+        cpu_percent=3.0,
+        energy=ENERGY,
+    ),
 }
 
 

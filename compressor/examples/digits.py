@@ -22,7 +22,7 @@ from edgeloop.compressor.export import export_onnx, tensor_specs
 from edgeloop.compressor.quantize import quantize_static_int8
 from edgeloop.compressor.report import BuiltModel, ModelReport
 
-__all__ = ["NAME", "INPUT_NAME", "OUTPUT_NAME", "DigitsCNN", "load_split", "build_digits"]
+__all__ = ["INPUT_NAME", "NAME", "OUTPUT_NAME", "DigitsCNN", "build_digits", "load_split"]
 
 NAME = "digits-cnn"
 INPUT_NAME = "image"

@@ -43,8 +43,12 @@ def register_model(
 ) -> ModelPublic:
     """Register a version whose files were PUT first; by default the fleet is re-planned."""
     try:
-        model = fleet.register_model(**body.model_dump(exclude={"inputs", "outputs"}),
-                                     inputs=body.inputs, outputs=body.outputs, plan=plan)
+        model = fleet.register_model(
+            **body.model_dump(exclude={"inputs", "outputs"}),
+            inputs=body.inputs,
+            outputs=body.outputs,
+            plan=plan,
+        )
     except UnknownArtifactError as exc:
         raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, str(exc)) from None
     except ValueError as exc:
