@@ -8,7 +8,7 @@ from typing import Any
 
 import requests
 
-from edgeloop.agent.protocol import TensorSpec
+from edgeloop.compressor.report import BuiltModel
 
 
 class ApiError(RuntimeError):
@@ -46,35 +46,27 @@ class ApiClient:
         with path.open("rb") as body:
             return self._call("PUT", f"/api/v1/artifacts/{sha256}", data=body)
 
-    def push_model(
-        self,
-        *,
-        name: str,
-        version: str,
-        model_path: Path,
-        golden_path: Path,
-        inputs: list[TensorSpec],
-        outputs: list[TensorSpec],
-        golden_atol: float,
-        report: dict[str, Any],
-        plan: bool = True,
-    ) -> dict[str, Any]:
-        """Upload the model and its golden file, then register the version."""
-        artifact = self.upload_artifact(model_path)
-        golden = self.upload_artifact(golden_path)
+    def push_model(self, model: BuiltModel, *, plan: bool = True) -> dict[str, Any]:
+        """Upload a compressor output (model and golden file), then register the version.
+
+        ``plan=False`` registers without re-planning the fleet, so several candidates of one
+        round can be registered before :meth:`plan` picks among all of them.
+        """
+        artifact = self.upload_artifact(model.model_path)
+        golden = self.upload_artifact(model.golden_path)
         return self._call(
             "POST",
             "/api/v1/models",
             params={"plan": str(plan).lower()},
             json={
-                "name": name,
-                "version": version,
+                "name": model.name,
+                "version": model.version,
                 "artifact_sha256": artifact["sha256"],
                 "golden_sha256": golden["sha256"],
-                "inputs": [s.model_dump() for s in inputs],
-                "outputs": [s.model_dump() for s in outputs],
-                "golden_atol": golden_atol,
-                "report": report,
+                "inputs": [s.model_dump() for s in model.inputs],
+                "outputs": [s.model_dump() for s in model.outputs],
+                "golden_atol": model.report.golden_atol,
+                "report": model.report.model_dump(mode="json"),
             },
         )
 

@@ -131,17 +131,7 @@ def _compress_and_push(client: ApiClient, out_dir: Path, console: Console) -> li
     built = build_digits(out_dir, progress=True)
     models = []
     for model in built:
-        registered = client.push_model(
-            name=model.name,
-            version=model.version,
-            model_path=model.model_path,
-            golden_path=model.golden_path,
-            inputs=model.inputs,
-            outputs=model.outputs,
-            golden_atol=model.report.golden_atol,
-            report=model.report.model_dump(mode="json"),
-            plan=False,
-        )
+        registered = client.push_model(model, plan=False)
         models.append(
             {
                 "model": f"{model.name}:{model.version}",

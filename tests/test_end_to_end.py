@@ -59,17 +59,7 @@ def test_two_devices_run_the_models_the_server_published_for_their_profiles(
         wait_until(lambda: len(client.fleet()) == 2, 30, "both agents to say hello")
         published = {}
         for model in digits_models:
-            registered = client.push_model(
-                name=model.name,
-                version=model.version,
-                model_path=model.model_path,
-                golden_path=model.golden_path,
-                inputs=model.inputs,
-                outputs=model.outputs,
-                golden_atol=model.report.golden_atol,
-                report=model.report.model_dump(mode="json"),
-                plan=False,
-            )
+            registered = client.push_model(model, plan=False)
             published[f"{model.name}:{model.version}"] = registered["artifact_sha256"]
         client.plan()
 
@@ -128,6 +118,12 @@ def test_two_devices_run_the_models_the_server_published_for_their_profiles(
         db.close()
         assert stored == {d: published[rows[d]["desired_model"]] for d in rows}
         assert telemetry == 2
+
+        agents[0].stop()
+        wait_until(
+            lambda: not {r["device_id"]: r for r in client.fleet()}["roomy-01"]["online"],
+            10, "the stopped device to show offline",
+        )
     finally:
         for agent in agents:
             agent.stop()
