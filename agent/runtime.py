@@ -86,5 +86,16 @@ def measure(session: ort.InferenceSession, inputs: np.ndarray, runs: int) -> Mea
 
 
 def peak_rss_mb() -> float:
-    """Peak resident set size of this process since it started (Linux reports KiB)."""
+    """Peak resident set size of this program, in MB.
+
+    Linux's ``VmHWM`` is reset by exec, unlike ``ru_maxrss``, which keeps the peak of the
+    forked parent's pages: an agent started by a large process would report that process's
+    memory as its own.
+    """
+    try:
+        for line in open("/proc/self/status"):
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

@@ -84,3 +84,47 @@ def make_golden(model_path: Path, inputs: np.ndarray, golden_path: Path) -> floa
     with golden_path.open("wb") as f:
         np.savez(f, inputs=inputs, outputs=outputs)
     return float(np.abs(outputs).max())
+
+
+def peak_memory_mb(model_path: Path, feed: dict[str, np.ndarray], threads: int = 1) -> float:
+    """Peak RSS of a fresh onnxruntime-only process serving ``model_path`` (see memprobe)."""
+    import json
+    import subprocess
+    import sys
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="edgeloop-mem-") as scratch:
+        feeds = Path(scratch) / "feed.npz"
+        np.savez(feeds, **feed)
+        result = subprocess.run(
+            [sys.executable, "-m", "edgeloop.compressor.memprobe", str(model_path), str(feeds),
+             str(threads)],
+            capture_output=True, text=True, check=True, timeout=120,
+        )
+    return float(json.loads(result.stdout.strip().splitlines()[-1])["peak_rss_mb"])
+
+
+def latency_feed(
+    sess: ort.InferenceSession, feed: dict[str, np.ndarray], runs: int = 200, warmup: int = 10,
+    min_seconds: float = 0.0,
+) -> np.ndarray:
+    """Single-call latencies (ms) of ``feed`` on an open session, after a warm-up.
+
+    Runs at least ``runs`` calls and at least ``min_seconds`` of them, so slow models still
+    get a stable median without fast ones taking minutes.
+    """
+    for _ in range(warmup):
+        sess.run(None, feed)
+    timings: list[float] = []
+    started = time.perf_counter()
+    while len(timings) < runs or time.perf_counter() - started < min_seconds:
+        start = time.perf_counter()
+        sess.run(None, feed)
+        timings.append((time.perf_counter() - start) * 1e3)
+    return np.asarray(timings)
+
+
+def outputs(model_path: Path, feeds: list[dict[str, np.ndarray]]) -> list[np.ndarray]:
+    """First output of the model for each feed (for output-error comparisons)."""
+    sess = session(model_path, threads=1)
+    return [sess.run(None, feed)[0] for feed in feeds]

@@ -15,8 +15,9 @@ import torch
 from onnx import helper
 
 from edgeloop.agent.protocol import TensorSpec
+from edgeloop.compressor.task import ExportSpec
 
-__all__ = ["BATCH_DIM", "OPSET", "export_onnx", "tensor_specs"]
+__all__ = ["BATCH_DIM", "OPSET", "export_model", "export_onnx", "tensor_specs"]
 
 OPSET = 17
 BATCH_DIM = "batch"
@@ -46,14 +47,40 @@ def export_onnx(
         opset_version=OPSET,
         dynamo=False,
     )
+    _inline_sidecars(path)
+    onnx.checker.check_model(str(path))
+    return path
+
+
+def export_model(
+    model: torch.nn.Module, spec: ExportSpec, path: Path, *, opset: int = OPSET
+) -> Path:
+    """Export a model with any number of inputs as described by a task's :class:`ExportSpec`."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    model.eval()
+    with torch.no_grad():
+        torch.onnx.export(
+            model,
+            spec.example_inputs,
+            str(path),
+            input_names=spec.input_names,
+            output_names=spec.output_names,
+            dynamic_axes=spec.dynamic_axes,
+            opset_version=opset,
+            dynamo=False,
+        )
+    _inline_sidecars(path)
+    onnx.checker.check_model(str(path))
+    return path
+
+
+def _inline_sidecars(path: Path) -> None:
     sidecars = [p for p in path.parent.iterdir() if p.name.startswith(path.name + ".")]
     if sidecars:
         inline = onnx.load_model(str(path), load_external_data=True)
         for sidecar in sidecars:
             sidecar.unlink()
         onnx.save_model(inline, str(path), save_as_external_data=False)
-    onnx.checker.check_model(str(path))
-    return path
 
 
 def tensor_specs(path: Path) -> tuple[list[TensorSpec], list[TensorSpec]]:

@@ -78,6 +78,11 @@ class Task(ABC):
             for i in picks
         ]
 
+    def eval_feeds(self, count: int = 64) -> list[dict[str, np.ndarray]]:
+        """Feeds on which candidates' raw outputs are compared with the fp32 model's (the
+        report's output error). Override to use held-out data; defaults to training inputs."""
+        return self.calibration_feeds(count)
+
     def distill_loss(self) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None:
         """Override to replace the default loss for this task's kind."""
         return None

@@ -36,6 +36,29 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--workdir", type=Path, default=Path(".edgeloop/demo"))
     demo.add_argument("--broker", choices=["auto", "mosquitto", "amqtt"], default="auto")
 
+    compress = commands.add_parser(
+        "compress",
+        help="search compression pipelines for a device profile",
+        description="edgeloop compress --recipe R --profile P TASK, or: edgeloop compress "
+        "example NAME [--profile P]",
+    )
+    compress.add_argument(
+        "target",
+        nargs="+",
+        metavar="TASK",
+        help="an example task name (image, nlp, control), or `example NAME`",
+    )
+    compress.add_argument("--recipe", type=Path, help="recipe YAML/JSON (default: the example's)")
+    compress.add_argument(
+        "--profile", default="host-1t", help="built-in profile name or a JSON/TOML profile file"
+    )
+    compress.add_argument(
+        "--out", type=Path, help="output directory (default .edgeloop/compress/TASK)"
+    )
+    compress.add_argument("--max-trials", type=int)
+    compress.add_argument("--time-budget", type=float, help="seconds; returns the best so far")
+    compress.add_argument("--strategy", choices=["grid", "random"])
+
     bench = commands.add_parser("bench", help="run a benchmark and write its figures")
     bench.add_argument("name", help="benchmark name: demo")
     bench.add_argument("--json", type=Path, dest="json_path", help="write figures as JSON")
@@ -63,6 +86,8 @@ def main(argv: list[str] | None = None) -> int:
             devices=args.devices, workdir=args.workdir, json_path=args.json_path, broker=args.broker
         )
         return 0 if result.ok else 1
+    if args.command == "compress":
+        return _compress(args)
     if args.command == "bench":
         from .bench import BENCHES, write_bench
 
@@ -78,6 +103,39 @@ def main(argv: list[str] | None = None) -> int:
         write_bench(args.name, figures, args.json_path)
         return 0
     return 2
+
+
+def _compress(args: argparse.Namespace) -> int:
+    from edgeloop.compressor.compress import compress
+    from edgeloop.compressor.examples import example_recipe, example_task
+    from edgeloop.compressor.passes.base import RecipeError
+    from edgeloop.compressor.profiles import load_profile
+    from edgeloop.compressor.recipe import load_recipe
+
+    target = args.target[1:] if args.target[0] == "example" else args.target
+    if len(target) != 1:
+        print(
+            "edgeloop compress: name one task, e.g. `edgeloop compress example image`",
+            file=sys.stderr,
+        )
+        return 2
+    name = target[0]
+    try:
+        profile = load_profile(args.profile)
+        recipe = load_recipe(args.recipe if args.recipe else example_recipe(name))
+        if args.strategy:
+            recipe.search.strategy = args.strategy
+        task = example_task(name)
+    except (ValueError, OSError) as exc:
+        kind = "recipe" if isinstance(exc, RecipeError) else "input"
+        print(f"edgeloop compress: bad {kind}: {exc}", file=sys.stderr)
+        return 2
+    out = args.out or Path(".edgeloop/compress") / name
+    result = compress(
+        task, recipe, profile, out, max_trials=args.max_trials, time_budget_s=args.time_budget
+    )
+    print(f"report: {out / 'report.json'}  plot: {out / 'pareto.png'}")
+    return 0 if result.chosen is not None else 1
 
 
 def _serve(args: argparse.Namespace) -> int:

@@ -21,8 +21,17 @@ from edgeloop.compressor import evaluate
 from edgeloop.compressor.export import export_onnx, tensor_specs
 from edgeloop.compressor.quantize import quantize_static_int8
 from edgeloop.compressor.report import BuiltModel, ModelReport
+from edgeloop.compressor.task import ExportSpec, Task
 
-__all__ = ["INPUT_NAME", "NAME", "OUTPUT_NAME", "DigitsCNN", "build_digits", "load_split"]
+__all__ = [
+    "INPUT_NAME",
+    "NAME",
+    "OUTPUT_NAME",
+    "DigitsCNN",
+    "DigitsTask",
+    "build_digits",
+    "load_split",
+]
 
 NAME = "digits-cnn"
 INPUT_NAME = "image"
@@ -48,18 +57,21 @@ logit scale allows that twice over, while a wrong or corrupted model moves logit
 
 
 class DigitsCNN(nn.Module):
-    def __init__(self) -> None:
+    """``width`` scales every hidden layer (1.0 = 16/32 conv channels, 64 hidden units)."""
+
+    def __init__(self, width: float = 1.0) -> None:
         super().__init__()
+        c1, c2, hidden = (max(1, round(n * width)) for n in (16, 32, 64))
         self.layers = nn.Sequential(
-            nn.Conv2d(1, 16, 3, padding=1),
+            nn.Conv2d(1, c1, 3, padding=1),
             nn.ReLU(),
-            nn.Conv2d(16, 32, 3, padding=1),
+            nn.Conv2d(c1, c2, 3, padding=1),
             nn.ReLU(),
             nn.MaxPool2d(2),
             nn.Flatten(),
-            nn.Linear(32 * 4 * 4, 64),
+            nn.Linear(c2 * 4 * 4, hidden),
             nn.ReLU(),
-            nn.Linear(64, 10),
+            nn.Linear(hidden, 10),
         )
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
@@ -179,3 +191,52 @@ def build_digits(
             )
             bar.advance(task)
     return built
+
+
+class DigitsTask(Task):
+    """The image case for the search: teacher = the trained CNN, metric = test accuracy."""
+
+    name = "image"
+    kind = "classification"
+    metric = "accuracy"
+
+    def __init__(self, *, seed: int = 0, epochs: int = 40) -> None:
+        self.seed, self.epochs = seed, epochs
+        self.x_train, self.x_test, self.y_train, self.y_test = load_split(seed)
+        self._teacher: DigitsCNN | None = None
+
+    def teacher(self) -> nn.Module:
+        if self._teacher is None:
+            self._teacher = train(
+                self.x_train, self.y_train, seed=self.seed, epochs=self.epochs, progress=False
+            )
+        return self._teacher
+
+    def export_spec(self) -> ExportSpec:
+        return ExportSpec(
+            example_inputs=(torch.from_numpy(self.x_test[:1]),),
+            input_names=[INPUT_NAME],
+            output_names=[OUTPUT_NAME],
+            dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
+        )
+
+    def train_inputs(self) -> tuple[torch.Tensor, ...]:
+        return (torch.from_numpy(self.x_train),)
+
+    def train_targets(self) -> torch.Tensor:
+        return torch.from_numpy(self.y_train)
+
+    def student(self, width: float) -> nn.Module:
+        torch.manual_seed(self.seed)
+        return DigitsCNN(width)
+
+    def score(self, model_path: Path, threads: int = 1) -> dict[str, float]:
+        return {
+            "accuracy": evaluate.accuracy(model_path, self.x_test, self.y_test, threads=threads)
+        }
+
+    def latency_feed(self) -> dict[str, np.ndarray]:
+        return {INPUT_NAME: self.x_test[:1]}
+
+    def eval_feeds(self, count: int = 64) -> list[dict[str, np.ndarray]]:
+        return [{INPUT_NAME: self.x_test[:count]}]

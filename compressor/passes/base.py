@@ -46,8 +46,9 @@ def searchable(default: Any, space: list[Any], description: str, **constraints: 
     """A config field the search may vary over ``space`` (which must contain ``default``)."""
     if default not in space:
         space = [default, *space]
-    return Field(default=default, description=description, json_schema_extra={"search": space},
-                 **constraints)
+    return Field(
+        default=default, description=description, json_schema_extra={"search": space}, **constraints
+    )
 
 
 @dataclass

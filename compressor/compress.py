@@ -1,0 +1,108 @@
+"""``edgeloop compress``: search a recipe for a profile, write the chosen artifact and a report.
+
+Output directory::
+
+    report.json     every trial (recipe, metric, drop, size, zstd size, ratio, latency p50/p95,
+                    peak memory, weight and output error), the Pareto front, the choice and why
+    pareto.png      the front: metric vs latency, size as marker area
+    model.onnx      the chosen candidate (absent when nothing fits)
+    golden.npz      its golden inputs/outputs for the device gate
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from edgeloop.agent.protocol import DeviceProfile
+from edgeloop.compressor.plots import plot_pareto
+from edgeloop.compressor.recipe import Recipe
+from edgeloop.compressor.search import Search, SearchResult, Trial
+from edgeloop.compressor.task import Task
+
+
+def compress(
+    task: Task,
+    recipe: Recipe,
+    profile: DeviceProfile,
+    out_dir: Path,
+    *,
+    max_trials: int | None = None,
+    time_budget_s: float | None = None,
+    progress: bool = True,
+    console: Console | None = None,
+) -> SearchResult:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    search = Search(task, recipe, profile, out_dir / "work")
+    result = search.run(max_trials=max_trials, time_budget_s=time_budget_s, progress=progress)
+    (out_dir / "report.json").write_text(json.dumps(result.to_json(), indent=2, default=str))
+    plot_pareto(result, out_dir / "pareto.png")
+    if result.chosen is not None and result.chosen.model_path:
+        shutil.copyfile(result.chosen.model_path, out_dir / "model.onnx")
+        _write_golden(task, out_dir / "model.onnx", out_dir / "golden.npz")
+    if progress:
+        print_result(result, console or Console(width=None if sys.stdout.isatty() else 200))
+    return result
+
+
+def _write_golden(task: Task, model: Path, golden: Path) -> None:
+    import numpy as np
+
+    from edgeloop.compressor.evaluate import outputs
+
+    feeds = task.eval_feeds(8)
+    feed = {name: value[:8] for name, value in feeds[0].items()}
+    produced = outputs(model, [feed])[0]
+    if len(feed) == 1:
+        np.savez(golden, inputs=next(iter(feed.values())), outputs=produced)
+    else:
+        np.savez(golden, outputs=produced, **{f"input_{k}": v for k, v in feed.items()})
+
+
+def print_result(result: SearchResult, console: Console) -> None:
+    table = Table(title=f"{result.task} for profile '{result.profile.name}'")
+    for column in (
+        "candidate",
+        result.metric,
+        "drop",
+        "size KB",
+        "ratio",
+        "zstd KB",
+        "p50 ms",
+        "p95 ms",
+        "speed-up",
+        "mem MB",
+        "fits",
+    ):
+        table.add_column(column, justify="left" if column == "candidate" else "right")
+    front = set(result.pareto)
+    for trial in [result.baseline, *result.trials]:
+        table.add_row(*_row(trial, trial.key in front, result.chosen))
+    console.print(table)
+    console.print(("[green]chosen[/]: " if result.chosen else "[red]none[/]: ") + result.reason)
+    if result.stopped_early:
+        console.print(f"[yellow]stopped early[/]: {result.stopped_early}")
+
+
+def _row(t: Trial, on_front: bool, chosen: Trial | None) -> list[str]:
+    name = ("★ " if chosen and t.key == chosen.key else "") + t.label + (" ◆" if on_front else "")
+    if not t.ok:
+        return [name, f"[red]failed[/] {t.error or ''}"[:60], *[""] * 9]
+    return [
+        name,
+        f"{t.metric:.4f}",
+        f"{t.metric_drop or 0:+.4f}",
+        f"{(t.size_bytes or 0) / 1024:.1f}",
+        f"{t.compression_ratio or 0:.2f}×",
+        f"{(t.size_zstd_bytes or 0) / 1024:.1f}",
+        f"{t.latency_p50_ms:.3f}",
+        f"{t.latency_p95_ms:.3f}",
+        f"{t.speedup or 0:.2f}×",
+        f"{t.peak_rss_mb:.0f}",
+        "[green]yes[/]" if t.fits else "[red]no[/] " + "; ".join(t.misses),
+    ]
