@@ -68,21 +68,26 @@ class Recipe(BaseModel):
     search: SearchSpec = SearchSpec()
 
     def model_post_init(self, context: Any) -> None:
-        seen_onnx = False
+        kind = "torch"
         for step in self.passes:
             cls = get_pass(step.pass_name)
-            if cls.input_kind == "torch" and seen_onnx:
-                raise RecipeError(
-                    f"pass {cls.name!r} works on torch models but comes after export; "
+            if cls.input_kind != kind:
+                hint = (
                     "move it before the export step"
+                    if cls.input_kind == "torch"
+                    else "add a step `- pass: export` before it"
                 )
-            seen_onnx = seen_onnx or cls.output_kind == "onnx"
+                raise RecipeError(
+                    f"pass {cls.name!r} works on {cls.input_kind} models but gets a {kind} "
+                    f"model here; {hint}"
+                )
+            kind = cls.output_kind
             choices = _choices(step)
             firsts = {name: values[0][name] for name, values in choices.items()}
             for values in choices.values():
                 for choice in values:
                     cls.config(firsts | choice)
-        if not seen_onnx:
+        if kind != "onnx":
             raise RecipeError("the recipe never exports to ONNX; add a step `- pass: export`")
 
     def trials(self) -> list[list[tuple[str, PassConfig]]]:
