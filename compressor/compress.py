@@ -16,12 +16,14 @@ import shutil
 import sys
 from pathlib import Path
 
+import numpy as np
 from rich.console import Console
 from rich.table import Table
 
 from edgeloop.agent.protocol import DeviceProfile
 from edgeloop.compressor.plots import plot_pareto
 from edgeloop.compressor.recipe import Recipe
+from edgeloop.compressor.report import BuiltModel, ModelReport
 from edgeloop.compressor.search import Search, SearchResult, Trial
 from edgeloop.compressor.task import Task
 
@@ -50,9 +52,48 @@ def compress(
     return result
 
 
-def _write_golden(task: Task, model: Path, golden: Path) -> None:
-    import numpy as np
+def built_model(
+    task: Task, result: SearchResult, out_dir: Path, *, name: str, version: str
+) -> BuiltModel:
+    """The chosen candidate as a publishable model, its report as the server's metadata.
 
+    Raises:
+        ValueError: nothing was chosen, or the task's metric is not a 0..1 score the
+            control plane can rank devices' models by.
+    """
+    from edgeloop.compressor.export import tensor_specs
+
+    chosen, baseline = result.chosen, result.baseline
+    if chosen is None:
+        raise ValueError(f"nothing to publish: {result.reason}")
+    if not (0 <= (chosen.metric or 0) <= 1 and task.higher_is_better):
+        raise ValueError(f"{task.metric} is not a 0..1 score; publish this task's model by hand")
+    model_path, golden_path = out_dir / "model.onnx", out_dir / "golden.npz"
+    inputs, outputs = tensor_specs(model_path)
+    quantized = any(step["pass"].startswith("quantize") for step in chosen.pipeline)
+    scale = float(np.abs(np.load(golden_path)["outputs"]).max())
+    report = ModelReport(
+        variant=chosen.label,
+        recipe=[step["pass"] for step in chosen.pipeline],
+        size_bytes=chosen.size_bytes or 0,
+        accuracy=chosen.metric or 0.0,
+        baseline_accuracy=baseline.metric or 0.0,
+        accuracy_drop=chosen.metric_drop or 0.0,
+        compression_ratio=chosen.compression_ratio or 1.0,
+        host_latency_p50_ms=chosen.latency_p50_ms or 0.0,
+        host_latency_p95_ms=chosen.latency_p95_ms or 0.0,
+        host_threads=result.profile.cpu_threads,
+        golden_atol=round(max(1e-4, scale * (0.01 if quantized else 1e-5)), 6),
+        metric_name=task.metric,
+        metrics=chosen.metrics,
+        peak_rss_mb=chosen.peak_rss_mb,
+        output_max_abs_err=chosen.output_max_abs_err,
+        weight_error={k: v for k, v in chosen.notes.items() if k.startswith("weight_")},
+    )
+    return BuiltModel(name, version, model_path, golden_path, inputs, outputs, report)
+
+
+def _write_golden(task: Task, model: Path, golden: Path) -> None:
     from edgeloop.compressor.evaluate import outputs
 
     feeds = task.eval_feeds(8)

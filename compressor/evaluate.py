@@ -128,3 +128,31 @@ def outputs(model_path: Path, feeds: list[dict[str, np.ndarray]]) -> list[np.nda
     """First output of the model for each feed (for output-error comparisons)."""
     sess = session(model_path, threads=1)
     return [sess.run(None, feed)[0] for feed in feeds]
+
+
+def compare_latency(
+    models: dict[str, Path], feed: dict[str, np.ndarray], threads: int = 1,
+    calls: int = 400, seed: int = 0,
+) -> dict[str, tuple[float, float]]:
+    """``name → (p50_ms, p95_ms)`` with calls to all models interleaved in random order.
+
+    On a shared host, load drifts over seconds; interleaving puts that drift on every model
+    alike, so ratios taken from one call of this are fair where separate runs are not.
+    """
+    sessions = {name: session(path, threads) for name, path in models.items()}
+    for sess in sessions.values():
+        for _ in range(10):
+            sess.run(None, feed)
+    timings: dict[str, list[float]] = {name: [] for name in sessions}
+    order = list(sessions)
+    rng = np.random.default_rng(seed)
+    for _ in range(calls):
+        rng.shuffle(order)
+        for name in order:
+            start = time.perf_counter()
+            sessions[name].run(None, feed)
+            timings[name].append((time.perf_counter() - start) * 1e3)
+    return {
+        name: (float(np.percentile(values, 50)), float(np.percentile(values, 95)))
+        for name, values in timings.items()
+    }

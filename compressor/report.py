@@ -34,6 +34,11 @@ class ModelReport(BaseModel):
     host_latency_p95_ms: float = Field(ge=0)
     host_threads: int = Field(ge=1, description="onnxruntime intra-op threads when timed")
     golden_atol: float = Field(ge=0, description="tolerance a device gate allows on golden outputs")
+    metric_name: str = Field(default="accuracy", description="what `accuracy` measures")
+    metrics: dict[str, float] = Field(default_factory=dict, description="every task figure")
+    peak_rss_mb: float | None = Field(default=None, ge=0, description="model process, host")
+    output_max_abs_err: float | None = Field(default=None, description="vs fp32, eval set")
+    weight_error: dict[str, float] = Field(default_factory=dict, description="weight MSE/max")
 
 
 @dataclass(frozen=True)

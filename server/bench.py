@@ -26,13 +26,13 @@ _OPS = {">=": operator.ge, "<=": operator.le, ">": operator.gt, "<": operator.lt
 @dataclass
 class Figure:
     name: str
-    value: float
+    value: float | None  # None: the figure could not be measured (reported as missed)
     unit: str
     goal: str
     met: bool | None = field(default=None)
 
     def __post_init__(self) -> None:
-        if self.met is None:
+        if self.met is None and self.value is not None:
             self.met = goal_met(self.value, self.goal)
 
 
@@ -69,15 +69,21 @@ def machine_info() -> dict[str, Any]:
 
 
 def write_bench(
-    name: str, figures: list[Figure], json_path: Path | None, console: Console | None = None
+    name: str,
+    figures: list[Figure],
+    json_path: Path | None,
+    console: Console | None = None,
+    extra: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     result = {"bench": name, "machine": machine_info(), "figures": [asdict(f) for f in figures]}
+    result |= extra or {}
     table = Table(title=f"bench {name}")
     for column in ("figure", "value", "unit", "goal", "met"):
         table.add_column(column, justify="right" if column == "value" else "left")
     for f in figures:
         met = {True: "[green]met[/]", False: "[red]missed[/]", None: "—"}[f.met]
-        table.add_row(f.name, f"{f.value:.4g}", f.unit, f.goal, met)
+        value = "—" if f.value is None else f"{f.value:.4g}"
+        table.add_row(f.name, value, f.unit, f.goal, met)
     (console or Console(width=None if sys.stdout.isatty() else 150)).print(table)
     if json_path is not None:
         json_path.parent.mkdir(parents=True, exist_ok=True)
@@ -97,4 +103,35 @@ def bench_demo(args: Any) -> list[Figure]:
     ]
 
 
-BENCHES: dict[str, Callable[[Any], list[Figure]]] = {"demo": bench_demo}
+def bench_compress(args: Any) -> list[Figure]:
+    from edgeloop.compressor.benchmark import GOALS, run_cases
+
+    cases = args.cases.split(",") if getattr(args, "cases", None) else ["image", "nlp", "control"]
+    figures, rows = run_cases(args.workdir / "bench-compress", cases)
+    table = Table(title="compression cases (latency p50, batch 1)")
+    for column in ("case", "model", "size KB", "metric", "value", "1 thread ms", "2 threads ms"):
+        table.add_column(
+            column, justify="left" if column in ("case", "model", "metric") else "right"
+        )
+    for row in rows:
+        table.add_row(
+            row.case,
+            row.model,
+            f"{row.size_bytes / 1024:.1f}",
+            row.metric_name,
+            f"{row.metric:.4f}",
+            f"{row.latency_1t_ms:.3f}",
+            f"{row.latency_2t_ms:.3f}",
+        )
+    Console(width=None if sys.stdout.isatty() else 200).print(table)
+    args.extra = {"cases": [row.to_json() for row in rows]}
+    missing = [name for name in GOALS if name.split(".")[0] in cases and name not in figures]
+    return [
+        Figure(name, round(value, 5), *GOALS.get(name, ("", ""))) for name, value in figures.items()
+    ] + [Figure(name, None, GOALS[name][0], GOALS[name][1], met=False) for name in missing]
+
+
+BENCHES: dict[str, Callable[[Any], list[Figure]]] = {
+    "demo": bench_demo,
+    "compress": bench_compress,
+}

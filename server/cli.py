@@ -58,6 +58,10 @@ def build_parser() -> argparse.ArgumentParser:
     compress.add_argument("--max-trials", type=int)
     compress.add_argument("--time-budget", type=float, help="seconds; returns the best so far")
     compress.add_argument("--strategy", choices=["grid", "random"])
+    compress.add_argument(
+        "--push", metavar="URL", help="register the chosen model with the control plane at URL"
+    )
+    compress.add_argument("--version", help="version to register (default: a content hash)")
 
     bench = commands.add_parser("bench", help="run a benchmark and write its figures")
     bench.add_argument("name", help="benchmark name: demo")
@@ -65,6 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--devices", type=int, default=2)
     bench.add_argument("--workdir", type=Path, default=Path(".edgeloop"))
     bench.add_argument("--broker", choices=["auto", "mosquitto", "amqtt"], default="auto")
+    bench.add_argument("--cases", help="compress: comma-separated cases (image,nlp,control)")
     return parser
 
 
@@ -100,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         logging.getLogger().setLevel(logging.WARNING)
         figures = BENCHES[args.name](args)
-        write_bench(args.name, figures, args.json_path)
+        write_bench(args.name, figures, args.json_path, extra=getattr(args, "extra", None))
         return 0
     return 2
 
@@ -135,7 +140,21 @@ def _compress(args: argparse.Namespace) -> int:
         task, recipe, profile, out, max_trials=args.max_trials, time_budget_s=args.time_budget
     )
     print(f"report: {out / 'report.json'}  plot: {out / 'pareto.png'}")
-    return 0 if result.chosen is not None else 1
+    if result.chosen is None:
+        return 1
+    if args.push:
+        from edgeloop.compressor.compress import built_model
+        from edgeloop.server.client import ApiClient, ApiError
+
+        version = args.version or result.chosen.key[:12]
+        try:
+            built = built_model(task, result, out, name=name, version=version)
+            ApiClient(args.push).push_model(built)
+        except (ValueError, ApiError) as exc:
+            print(f"edgeloop compress: not pushed: {exc}", file=sys.stderr)
+            return 1
+        print(f"registered {name}:{version} at {args.push}")
+    return 0
 
 
 def _serve(args: argparse.Namespace) -> int:

@@ -1,0 +1,159 @@
+"""``edgeloop bench compress``: the three cases against the baselines a user would pick.
+
+For every case, in one run: the chosen candidate, plain ``quantize_dynamic`` with defaults,
+and (image) torch unstructured pruning exported densely; size, task metric and latency at 1
+and 2 threads, latencies interleaved so ratios are fair on a shared host.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from edgeloop.compressor import evaluate
+
+log = logging.getLogger("edgeloop.compressor.benchmark")
+
+
+@dataclass
+class CaseRow:
+    """One model of one case in the benchmark table."""
+
+    case: str
+    model: str
+    size_bytes: int
+    metric_name: str
+    metric: float
+    latency_1t_ms: float
+    latency_2t_ms: float
+
+    def to_json(self) -> dict[str, Any]:
+        return self.__dict__.copy()
+
+
+def latencies(
+    models: dict[str, Path], feed: dict[str, Any], calls: int = 400
+) -> dict[str, tuple[float, float]]:
+    """``name → (p50 at 1 thread, p50 at 2 threads)``, each interleaved across models."""
+    one = evaluate.compare_latency(models, feed, threads=1, calls=calls)
+    two = evaluate.compare_latency(models, feed, threads=2, calls=calls)
+    return {name: (one[name][0], two[name][0]) for name in models}
+
+
+def plain_quantize_dynamic(source: Path, work: Path, task: Any) -> Path:
+    """What a user gets from ``quantize_dynamic(in, out)`` with every default."""
+    from onnxruntime.quantization import quantize_dynamic
+
+    out = work / "baseline-quantize-dynamic.onnx"
+    quantize_dynamic(str(source), str(out))
+    return out
+
+
+def image_case(work: Path, progress: bool = True) -> tuple[dict[str, float], list[CaseRow]]:
+    from edgeloop.compressor.compress import compress
+    from edgeloop.compressor.examples import example_recipe
+    from edgeloop.compressor.examples.digits import DigitsTask
+    from edgeloop.compressor.profiles import PROFILES
+    from edgeloop.compressor.recipe import load_recipe
+
+    task = DigitsTask()
+    result = compress(
+        task,
+        load_recipe(example_recipe("image")),
+        PROFILES["host-1t"],
+        work / "image",
+        progress=progress,
+    )
+    if result.chosen is None or result.chosen.model_path is None:
+        raise RuntimeError(f"image: {result.reason}")
+    fp32 = Path(str(result.baseline.model_path))
+    chosen = Path(result.chosen.model_path)
+    baseline = plain_quantize_dynamic(fp32, work / "image", task)
+    pruned = _dense_unstructured(task, work / "image")
+    models = {"fp32": fp32, "chosen": chosen, "quantize_dynamic": baseline, "pruned_dense": pruned}
+    timing = latencies(models, task.latency_feed())
+    scores = {name: task.score(path)["accuracy"] for name, path in models.items()}
+    sizes = {name: path.stat().st_size for name, path in models.items()}
+    rows = [
+        CaseRow(
+            "image",
+            name if name != "chosen" else f"chosen: {result.chosen.label}",
+            sizes[name],
+            "accuracy",
+            scores[name],
+            *timing[name],
+        )
+        for name in models
+    ]
+    figures = {
+        "image.size_ratio": sizes["fp32"] / sizes["chosen"],
+        "image.accuracy_drop_pt": (scores["fp32"] - scores["chosen"]) * 100,
+        "image.speedup_1t": timing["fp32"][0] / timing["chosen"][0],
+        "image.baseline_size_ratio": sizes["fp32"] / sizes["quantize_dynamic"],
+        "image.baseline_metric": scores["quantize_dynamic"],
+        "image.baseline_speedup_1t": timing["fp32"][0] / timing["quantize_dynamic"][0],
+        "image.pruned_dense_size_ratio": sizes["fp32"] / sizes["pruned_dense"],
+    }
+    return figures, rows
+
+
+def _dense_unstructured(task: Any, work: Path) -> Path:
+    """torch unstructured 50% magnitude pruning, exported as the dense ONNX a user would ship."""
+    import torch
+    from torch.nn.utils import prune
+
+    from edgeloop.compressor.export import export_model
+
+    model = copy.deepcopy(task.teacher())
+    layers = [
+        (m, "weight") for m in model.modules() if isinstance(m, torch.nn.Linear | torch.nn.Conv2d)
+    ]
+    prune.global_unstructured(layers, pruning_method=prune.L1Unstructured, amount=0.5)
+    for module, name in layers:
+        prune.remove(module, name)
+    return export_model(model, task.export_spec(), work / "baseline-pruned-dense.onnx")
+
+
+GOALS: dict[str, tuple[str, str]] = {
+    "image.size_ratio": ("x", ">= 4"),
+    "image.accuracy_drop_pt": ("points", "<= 0.5"),
+    "image.speedup_1t": ("x", ">= 1"),
+    "image.baseline_size_ratio": ("x", "baseline"),
+    "image.baseline_metric": ("accuracy", "baseline"),
+    "image.baseline_speedup_1t": ("x", "baseline"),
+    "image.pruned_dense_size_ratio": ("x", "baseline"),
+    "nlp.size_ratio": ("x", ">= 3.8"),
+    "nlp.speedup_1t": ("x", ">= 2"),
+    "nlp.cosine_mean": ("cosine", ">= 0.99"),
+    "nlp.cosine_min": ("cosine", ">= 0.97"),
+    "nlp.nn_agreement": ("fraction", ">= 0.95"),
+    "nlp.speedup_vs_baseline_1t": ("x", "> 1"),
+    "nlp.baseline_size_ratio": ("x", "baseline"),
+    "nlp.baseline_metric": ("cosine", "baseline"),
+    "control.return_ratio": ("ratio", ">= 0.95"),
+    "control.size_ratio": ("x", "higher is better"),
+    "control.baseline_size_ratio": ("x", "baseline"),
+    "control.baseline_metric": ("return", "baseline"),
+    "prune.structured_speedup": ("x", ">= 1.6"),
+}
+
+
+def run_cases(
+    work: Path, cases: list[str], progress: bool = True
+) -> tuple[dict[str, float], list[CaseRow]]:
+    """Run the named cases; a case that fails is logged and its figures are absent."""
+    runners = {"image": image_case}
+    figures: dict[str, float] = {}
+    rows: list[CaseRow] = []
+    for case in cases:
+        try:
+            case_figures, case_rows = runners[case](work, progress)
+        except Exception:
+            log.exception("case %s failed", case)
+            continue
+        figures |= case_figures
+        rows += case_rows
+    return figures, rows
