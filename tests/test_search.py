@@ -168,8 +168,9 @@ def test_a_time_budget_returns_the_best_so_far(tmp_path: Path, task: DigitsTask)
 
 def test_pareto_front_drops_only_dominated_candidates() -> None:
     def trial(name: str, metric: float, latency: float, size: int) -> Trial:
-        return Trial(name, name, [], ok=True, metric=metric, latency_p50_ms=latency,
-                     size_bytes=size)
+        return Trial(
+            name, name, [], ok=True, metric=metric, latency_p50_ms=latency, size_bytes=size
+        )
 
     best = trial("best", 0.99, 1.0, 100)
     fast = trial("fast", 0.90, 0.5, 100)
@@ -193,3 +194,53 @@ def test_the_chosen_model_is_registered_with_its_report_as_metadata(
     assert registered["report"]["metric_name"] == "accuracy"
     assert registered["report"]["accuracy"] == result.chosen.metric
     assert registered["report"]["recipe"][0] == "export"
+
+
+def test_a_candidate_slower_than_fp32_is_never_chosen_for_speed(
+    tmp_path: Path, task: DigitsTask
+) -> None:
+    def trial(name: str, metric: float, p50: float, p95: float, size: int) -> Trial:
+        return Trial(
+            name,
+            name,
+            [],
+            ok=True,
+            metric=metric,
+            latency_p50_ms=p50,
+            latency_p95_ms=p95,
+            size_bytes=size,
+            peak_rss_mb=80,
+        )
+
+    fast_budget = ROOMY.model_copy(update={"latency_budget_ms": 1.0})
+    search = Search(task, load_recipe(QUANT_RECIPE), fast_budget, tmp_path)
+    baseline = trial("fp32", 0.98, 1.0, 1.2, 1000)  # misses only the latency budget
+    slower_int8 = trial("int8", 0.98, 1.1, 0.9, 250)  # p95 fits by luck, yet slower at p50
+    for t in (baseline, slower_int8):
+        search._judge(t, baseline)
+    chosen, reason = search._choose(baseline, [slower_int8])
+    assert chosen is None
+    assert "slower than the fp32 baseline" in slower_int8.misses
+
+    small_budget = ROOMY.model_copy(update={"model_size_budget_kb": 0.5})
+    search = Search(task, load_recipe(QUANT_RECIPE), small_budget, tmp_path)
+    for t in (baseline, slower_int8):
+        t.misses = []
+        search._judge(t, baseline)
+    chosen, _ = search._choose(baseline, [slower_int8])
+    assert chosen is slower_int8  # chosen for size, which fp32 cannot meet
+
+
+def test_random_search_samples_the_space_reproducibly() -> None:
+    spec = """
+passes:
+  - pass: export
+  - pass: quantize_static
+    params: {calibrate_method: declared, per_channel: declared, activation_type: declared}
+search: {strategy: random, seed: 3}
+"""
+    first = [str(t) for t in load_recipe(spec).trials()]
+    assert len(first) == 12
+    assert first == [str(t) for t in load_recipe(spec).trials()]
+    grid = [str(t) for t in load_recipe(spec.replace("random", "grid")).trials()]
+    assert sorted(first) == sorted(grid) and first != grid
