@@ -63,7 +63,7 @@ def image_case(work: Path, progress: bool = True) -> tuple[dict[str, float], lis
     result = compress(
         task,
         load_recipe(example_recipe("image")),
-        PROFILES["host-1t"],
+        PROFILES["sensor-hub"],
         work / "image",
         progress=progress,
     )

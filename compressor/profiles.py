@@ -39,6 +39,14 @@ PROFILES: dict[str, DeviceProfile] = {
             ],
         ),
         DeviceProfile(
+            name="sensor-hub",
+            cpu_threads=1,
+            memory_budget_mb=128,
+            latency_budget_ms=0.5,
+            model_size_budget_kb=32,
+            arch="armv7l",
+        ),
+        DeviceProfile(
             name="host-1t", cpu_threads=1, memory_budget_mb=2048, latency_budget_ms=1000.0
         ),
     )
