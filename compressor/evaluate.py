@@ -97,15 +97,27 @@ def peak_memory_mb(model_path: Path, feed: dict[str, np.ndarray], threads: int =
         feeds = Path(scratch) / "feed.npz"
         np.savez(feeds, **feed)
         result = subprocess.run(
-            [sys.executable, "-m", "edgeloop.compressor.memprobe", str(model_path), str(feeds),
-             str(threads)],
-            capture_output=True, text=True, check=True, timeout=120,
+            [
+                sys.executable,
+                "-m",
+                "edgeloop.compressor.memprobe",
+                str(model_path),
+                str(feeds),
+                str(threads),
+            ],
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=120,
         )
     return float(json.loads(result.stdout.strip().splitlines()[-1])["peak_rss_mb"])
 
 
 def latency_feed(
-    sess: ort.InferenceSession, feed: dict[str, np.ndarray], runs: int = 200, warmup: int = 10,
+    sess: ort.InferenceSession,
+    feed: dict[str, np.ndarray],
+    runs: int = 200,
+    warmup: int = 10,
     min_seconds: float = 0.0,
 ) -> np.ndarray:
     """Single-call latencies (ms) of ``feed`` on an open session, after a warm-up.
@@ -130,29 +142,44 @@ def outputs(model_path: Path, feeds: list[dict[str, np.ndarray]]) -> list[np.nda
     return [sess.run(None, feed)[0] for feed in feeds]
 
 
-def compare_latency(
-    models: dict[str, Path], feed: dict[str, np.ndarray], threads: int = 1,
-    calls: int = 400, seed: int = 0,
-) -> dict[str, tuple[float, float]]:
-    """``name → (p50_ms, p95_ms)`` with calls to all models interleaved in random order.
+def interleaved(
+    sessions: dict[str, ort.InferenceSession],
+    feed: dict[str, np.ndarray],
+    *,
+    calls: int = 200,
+    min_seconds: float = 0.0,
+    seed: int = 0,
+) -> dict[str, np.ndarray]:
+    """Single-call latencies (ms) per session, calls to all sessions interleaved at random.
 
     On a shared host, load drifts over seconds; interleaving puts that drift on every model
     alike, so ratios taken from one call of this are fair where separate runs are not.
     """
-    sessions = {name: session(path, threads) for name, path in models.items()}
     for sess in sessions.values():
         for _ in range(10):
             sess.run(None, feed)
     timings: dict[str, list[float]] = {name: [] for name in sessions}
     order = list(sessions)
     rng = np.random.default_rng(seed)
-    for _ in range(calls):
+    started = time.perf_counter()
+    rounds = 0
+    while rounds < calls or time.perf_counter() - started < min_seconds:
         rng.shuffle(order)
         for name in order:
             start = time.perf_counter()
             sessions[name].run(None, feed)
             timings[name].append((time.perf_counter() - start) * 1e3)
+        rounds += 1
+    return {name: np.asarray(values) for name, values in timings.items()}
+
+
+def compare_latency(
+    models: dict[str, Path], feed: dict[str, np.ndarray], threads: int = 1, calls: int = 400
+) -> dict[str, tuple[float, float]]:
+    """``name → (p50_ms, p95_ms)`` of CPU sessions, measured with :func:`interleaved`."""
+    sessions = {name: session(path, threads) for name, path in models.items()}
+    timings = interleaved(sessions, feed, calls=calls)
     return {
-        name: (float(np.percentile(values, 50)), float(np.percentile(values, 95)))
-        for name, values in timings.items()
+        name: (float(np.percentile(v, 50)), float(np.percentile(v, 95)))
+        for name, v in timings.items()
     }

@@ -48,6 +48,9 @@ class Constraints(BaseModel):
 
     max_metric_drop: float | None = Field(default=None, ge=0)
     min_metric: float | None = None
+    min_speedup: float | None = Field(
+        default=None, gt=0, description="p50 speed-up over fp32, measured interleaved with it"
+    )
 
 
 class SearchSpec(BaseModel):

@@ -103,6 +103,7 @@ class Search:
         self.trial_dir = work_dir / "trials"
         self.trial_dir.mkdir(parents=True, exist_ok=True)
         self._reference: list[np.ndarray] | None = None
+        self._baseline_session: Any = None
 
     def run(
         self,
@@ -122,6 +123,7 @@ class Search:
         if not baseline.ok or baseline.model_path is None:
             raise RuntimeError(f"the fp32 baseline failed: {baseline.error}")
         self._reference = evaluate.outputs(Path(baseline.model_path), self.task.eval_feeds())
+        self._baseline_session = open_session(Path(baseline.model_path), self.profile)
         trials: list[Trial] = []
         stopped = None
         columns = (
@@ -203,7 +205,16 @@ class Search:
         data = kept.read_bytes()
         metrics = self.task.score(kept, threads=self.profile.cpu_threads)
         session = open_session(kept, self.profile)
-        times = evaluate.latency_feed(session, self.task.latency_feed(), runs=200, min_seconds=1.0)
+        feed = self.task.latency_feed()
+        if self._baseline_session is None:
+            times = evaluate.latency_feed(session, feed, runs=200, min_seconds=1.0)
+            speedup = 1.0
+        else:
+            paired = evaluate.interleaved(
+                {"trial": session, "baseline": self._baseline_session}, feed, min_seconds=2.0
+            )
+            times = paired["trial"]
+            speedup = float(np.median(paired["baseline"]) / np.median(times))
         stats = latency_stats(times)
         produced = evaluate.outputs(kept, self.task.eval_feeds())
         reference = self._reference if self._reference is not None else produced
@@ -221,6 +232,7 @@ class Search:
             size_zstd_bytes=len(zstandard.ZstdCompressor(level=19).compress(data)),
             latency_p50_ms=stats.p50_ms,
             latency_p95_ms=stats.p95_ms,
+            speedup=speedup,
             peak_rss_mb=evaluate.peak_memory_mb(
                 kept, self.task.latency_feed(), self.profile.cpu_threads
             ),
@@ -241,7 +253,6 @@ class Search:
         sign = 1 if self.task.higher_is_better else -1
         trial.metric_drop = sign * (baseline.metric - trial.metric)
         trial.compression_ratio = (baseline.size_bytes or 0) / max(trial.size_bytes or 1, 1)
-        trial.speedup = (baseline.latency_p50_ms or 0) / max(trial.latency_p50_ms or 1e-9, 1e-9)
         trial.misses = self._misses(trial)
         trial.fits = not trial.misses
 
@@ -269,6 +280,8 @@ class Search:
             misses.append(
                 f"{self.task.metric} drop {trial.metric_drop:.4f} > {c.max_metric_drop:g}"
             )
+        if c.min_speedup is not None and (trial.speedup or 0) < c.min_speedup:
+            misses.append(f"speed-up {trial.speedup or 0:.2f}x < {c.min_speedup:g}x")
         if c.min_metric is not None and (trial.metric or -math.inf) < c.min_metric:
             misses.append(f"{self.task.metric} {trial.metric:.4f} < {c.min_metric:g}")
         return misses
@@ -280,7 +293,7 @@ class Search:
         for trial in candidates:
             if not trial.fits:
                 continue
-            slower = (trial.latency_p50_ms or 0) > (baseline.latency_p50_ms or 0) * SLOWER_TOLERANCE
+            slower = (trial.speedup or 1.0) * SLOWER_TOLERANCE < 1.0
             if slower and trial is not baseline and baseline_only_slow:
                 trial.misses.append("slower than the fp32 baseline")
                 continue

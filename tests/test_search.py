@@ -210,6 +210,7 @@ def test_a_candidate_slower_than_fp32_is_never_chosen_for_speed(
             latency_p95_ms=p95,
             size_bytes=size,
             peak_rss_mb=80,
+            speedup=1.0 / p50,  # as measured interleaved with the 1.0 ms baseline
         )
 
     fast_budget = ROOMY.model_copy(update={"latency_budget_ms": 1.0})
