@@ -117,6 +117,32 @@ def _dense_unstructured(task: Any, work: Path) -> Path:
     return export_model(model, task.export_spec(), work / "baseline-pruned-dense.onnx")
 
 
+def control_case(work: Path, progress: bool = True) -> tuple[dict[str, float], list[CaseRow]]:
+    from edgeloop.compressor.examples.pendulum import PendulumTask, build_control
+
+    summary = build_control(work / "control", progress=progress)
+    picked = {
+        "teacher": summary["teacher"],
+        "chosen": summary["chosen"],
+        "quantize_dynamic": summary["baseline"],
+    }
+    timing = latencies(
+        {k: Path(v["path"]) for k, v in picked.items()}, PendulumTask(progress=False).latency_feed()
+    )
+    rows = [
+        CaseRow(
+            "control",
+            name if name != "chosen" else f"chosen: {row['label']}",
+            row["size_bytes"],
+            "return_mean",
+            row["return_mean"],
+            *timing[name],
+        )
+        for name, row in picked.items()
+    ]
+    return dict(summary["figures"]), rows
+
+
 GOALS: dict[str, tuple[str, str]] = {
     "image.size_ratio": ("x", ">= 4"),
     "image.accuracy_drop_pt": ("points", "<= 0.5"),
@@ -137,6 +163,7 @@ GOALS: dict[str, tuple[str, str]] = {
     "control.size_ratio": ("x", "higher is better"),
     "control.baseline_size_ratio": ("x", "baseline"),
     "control.baseline_metric": ("return", "baseline"),
+    "control.baseline_return_ratio": ("ratio", "baseline"),
     "prune.structured_speedup": ("x", ">= 1.6"),
 }
 
@@ -145,7 +172,7 @@ def run_cases(
     work: Path, cases: list[str], progress: bool = True
 ) -> tuple[dict[str, float], list[CaseRow]]:
     """Run the named cases; a case that fails is logged and its figures are absent."""
-    runners = {"image": image_case}
+    runners = {"image": image_case, "control": control_case}
     figures: dict[str, float] = {}
     rows: list[CaseRow] = []
     for case in cases:

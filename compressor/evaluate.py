@@ -174,11 +174,15 @@ def interleaved(
 
 
 def compare_latency(
-    models: dict[str, Path], feed: dict[str, np.ndarray], threads: int = 1, calls: int = 400
+    models: dict[str, Path],
+    feed: dict[str, np.ndarray],
+    threads: int = 1,
+    calls: int = 400,
+    seed: int = 0,
 ) -> dict[str, tuple[float, float]]:
     """``name → (p50_ms, p95_ms)`` of CPU sessions, measured with :func:`interleaved`."""
     sessions = {name: session(path, threads) for name, path in models.items()}
-    timings = interleaved(sessions, feed, calls=calls)
+    timings = interleaved(sessions, feed, calls=calls, seed=seed)
     return {
         name: (float(np.percentile(v, 50)), float(np.percentile(v, 95)))
         for name, v in timings.items()
