@@ -36,6 +36,9 @@ from edgeloop.compressor.task import Task
 
 log = logging.getLogger("edgeloop.compressor.search")
 
+TRIAL_SCHEMA = 2
+"""Bumped whenever what a trial measures changes, so older saved trials are measured again."""
+
 SLOWER_TOLERANCE = 1.05
 """A candidate within 5% of the baseline's p50 counts as "not slower": single-call medians
 on a shared 2-core host move by a few percent between identical runs."""
@@ -170,6 +173,7 @@ class Search:
         """Build and measure one pipeline; a failing pass marks the trial failed, no more."""
         _, teacher_key = self.stages.teacher()
         key = _hash(
+            str(TRIAL_SCHEMA),
             teacher_key,
             json.dumps(describe(pipeline), sort_keys=True),
             self.profile.model_dump_json(),
