@@ -143,6 +143,66 @@ def control_case(work: Path, progress: bool = True) -> tuple[dict[str, float], l
     return dict(summary["figures"]), rows
 
 
+def nlp_case(work: Path, progress: bool = True) -> tuple[dict[str, float], list[CaseRow]]:
+    from edgeloop.compressor.examples.minilm import build_nlp
+
+    out = work / "nlp"
+    result = build_nlp(out, progress=progress)
+    figures = {
+        f"nlp.{key}": result[key]
+        for key in (
+            "size_ratio",
+            "speedup_1t",
+            "speedup_2t",
+            "cosine_mean",
+            "cosine_min",
+            "nn_agreement",
+            "speedup_vs_baseline_1t",
+            "baseline_size_ratio",
+            "baseline_metric",
+        )
+    }
+    metric = {
+        "fp32": 1.0,
+        "baseline": result["baseline_metric"],
+        "int8_only": result.get("int8_only_cosine_mean", float("nan")),
+        "candidate": result["cosine_mean"],
+    }
+    rows = [
+        CaseRow(
+            "nlp",
+            name,
+            int(result[f"{name}_bytes"]),
+            "cosine_mean",
+            metric[name],
+            result[f"{name}_ms_1t"],
+            result[f"{name}_ms_2t"],
+        )
+        for name in ("fp32", "baseline", "int8_only", "candidate")
+    ]
+    figures["prune.structured_speedup"] = structured_speedup(out / "fp32.onnx", work / "prune")
+    return figures, rows
+
+
+def structured_speedup(fp32: Path, work: Path) -> float:
+    """Latency of the dense MiniLM ÷ the same with half of every FFN's neurons removed
+    (``prune_structured`` with ``scope: ffn``, no fine-tuning: speed only), 1 thread."""
+    from edgeloop.compressor.examples.minilm import MiniLMTask
+    from edgeloop.compressor.passes.base import PassContext, TorchModel, get_pass
+
+    task = MiniLMTask()
+    work.mkdir(parents=True, exist_ok=True)
+    prune = get_pass("prune_structured")
+    config = prune.config({"ratio": 0.5, "scope": "ffn", "finetune_epochs": 0})
+    pruned = prune().run(TorchModel(task.teacher()), config, PassContext(task, work))
+    export = get_pass("export")
+    exported = export().run(pruned, export.config(), PassContext(task, work))
+    timing = evaluate.compare_latency(
+        {"dense": fp32, "pruned": exported.path}, task.latency_feed(), threads=1, calls=100
+    )
+    return timing["dense"][0] / timing["pruned"][0]
+
+
 GOALS: dict[str, tuple[str, str]] = {
     "image.size_ratio": ("x", ">= 4"),
     "image.accuracy_drop_pt": ("points", "<= 0.5"),
@@ -153,6 +213,7 @@ GOALS: dict[str, tuple[str, str]] = {
     "image.pruned_dense_size_ratio": ("x", "baseline"),
     "nlp.size_ratio": ("x", ">= 3.8"),
     "nlp.speedup_1t": ("x", ">= 2"),
+    "nlp.speedup_2t": ("x", "info"),
     "nlp.cosine_mean": ("cosine", ">= 0.99"),
     "nlp.cosine_min": ("cosine", ">= 0.97"),
     "nlp.nn_agreement": ("fraction", ">= 0.95"),
@@ -172,7 +233,7 @@ def run_cases(
     work: Path, cases: list[str], progress: bool = True
 ) -> tuple[dict[str, float], list[CaseRow]]:
     """Run the named cases; a case that fails is logged and its figures are absent."""
-    runners = {"image": image_case, "control": control_case}
+    runners = {"image": image_case, "nlp": nlp_case, "control": control_case}
     figures: dict[str, float] = {}
     rows: list[CaseRow] = []
     for case in cases:
