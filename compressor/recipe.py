@@ -48,6 +48,9 @@ class Constraints(BaseModel):
 
     max_metric_drop: float | None = Field(default=None, ge=0)
     min_metric: float | None = None
+    max_relative_drop: float | None = Field(
+        default=None, ge=0, description="drop as a fraction of |fp32 metric|, e.g. 0.05"
+    )
     min_speedup: float | None = Field(
         default=None, gt=0, description="p50 speed-up over fp32, measured interleaved with it"
     )
@@ -57,6 +60,10 @@ class SearchSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     strategy: Literal["grid", "random"] = "grid"
+    objective: Literal["metric", "size"] = Field(
+        default="metric",
+        description="among candidates that fit: the best metric, or the smallest file",
+    )
     max_trials: int | None = Field(default=None, ge=1)
     time_budget_s: float | None = Field(default=None, gt=0)
     seed: int = 0
@@ -66,6 +73,7 @@ class Recipe(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     name: str = "recipe"
+    task: str | None = Field(default=None, description="example task the recipe is for")
     passes: list[StepSpec] = Field(min_length=1)
     constraints: Constraints = Constraints()
     search: SearchSpec = SearchSpec()

@@ -257,10 +257,10 @@ class Search:
         sign = 1 if self.task.higher_is_better else -1
         trial.metric_drop = sign * (baseline.metric - trial.metric)
         trial.compression_ratio = (baseline.size_bytes or 0) / max(trial.size_bytes or 1, 1)
-        trial.misses = self._misses(trial)
+        trial.misses = self._misses(trial, baseline)
         trial.fits = not trial.misses
 
-    def _misses(self, trial: Trial) -> list[str]:
+    def _misses(self, trial: Trial, baseline: Trial) -> list[str]:
         p, c = self.profile, self.recipe.constraints
         misses = []
         if trial.latency_p95_ms is not None and trial.latency_p95_ms > p.latency_budget_ms:
@@ -286,6 +286,13 @@ class Search:
             )
         if c.min_speedup is not None and (trial.speedup or 0) < c.min_speedup:
             misses.append(f"speed-up {trial.speedup or 0:.2f}x < {c.min_speedup:g}x")
+        if c.max_relative_drop is not None:
+            allowed = c.max_relative_drop * abs(baseline.metric or 0)
+            if (trial.metric_drop or 0) > allowed + 1e-12:
+                misses.append(
+                    f"{self.task.metric} drop {trial.metric_drop:.4g} > "
+                    f"{c.max_relative_drop:.0%} of the fp32 value"
+                )
         if c.min_metric is not None and (trial.metric or -math.inf) < c.min_metric:
             misses.append(f"{self.task.metric} {trial.metric:.4f} < {c.min_metric:g}")
         return misses
@@ -304,16 +311,17 @@ class Search:
             eligible.append(trial)
         sign = 1 if self.task.higher_is_better else -1
         if eligible:
-            best = max(
-                eligible,
-                key=lambda t: (
-                    sign * (t.metric or 0),
-                    -(t.latency_p50_ms or 0),
-                    -(t.size_bytes or 0),
-                ),
-            )
+            if self.recipe.search.objective == "size":
+                best = min(eligible, key=lambda t: (t.size_bytes or 0, -sign * (t.metric or 0)))
+                goal = "smallest"
+            else:
+                best = max(
+                    eligible,
+                    key=lambda t: (sign * (t.metric or 0), t.speedup or 0, -(t.size_bytes or 0)),
+                )
+                goal = "most accurate"
             return best, (
-                f"most accurate of {len(eligible)} candidates that fit '{self.profile.name}': "
+                f"{goal} of {len(eligible)} candidates that fit '{self.profile.name}': "
                 f"{self.task.metric} {best.metric:.4f}, p95 {best.latency_p95_ms:.3f} ms, "
                 f"{(best.size_bytes or 0) / 1024:.1f} KB"
             )

@@ -44,7 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     compress.add_argument(
         "target",
-        nargs="+",
+        nargs="*",
         metavar="TASK",
         help="an example task name (image, nlp, control), or `example NAME`",
     )
@@ -117,17 +117,26 @@ def _compress(args: argparse.Namespace) -> int:
     from edgeloop.compressor.profiles import load_profile
     from edgeloop.compressor.recipe import load_recipe
 
-    target = args.target[1:] if args.target[0] == "example" else args.target
-    if len(target) != 1:
+    target = args.target[1:] if args.target[:1] == ["example"] else args.target
+    if len(target) > 1:
         print(
             "edgeloop compress: name one task, e.g. `edgeloop compress example image`",
             file=sys.stderr,
         )
         return 2
-    name = target[0]
     try:
         profile = load_profile(args.profile)
-        recipe = load_recipe(args.recipe if args.recipe else example_recipe(name))
+        if args.recipe:
+            recipe = load_recipe(args.recipe)
+        elif target:
+            recipe = load_recipe(example_recipe(target[0]))
+        else:
+            raise ValueError("give a task (e.g. `example image`) or --recipe FILE")
+        name = target[0] if target else recipe.task
+        if name is None:
+            raise ValueError(
+                "the recipe names no `task:`; give one, e.g. `edgeloop compress image`"
+            )
         if args.strategy:
             recipe.search.strategy = args.strategy
         task = example_task(name)

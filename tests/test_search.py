@@ -245,3 +245,54 @@ search: {strategy: random, seed: 3}
     assert first == [str(t) for t in load_recipe(spec).trials()]
     grid = [str(t) for t in load_recipe(spec.replace("random", "grid")).trials()]
     assert sorted(first) == sorted(grid) and first != grid
+
+
+def test_objective_size_picks_the_smallest_within_a_relative_drop(
+    tmp_path: Path, task: DigitsTask
+) -> None:
+    recipe = load_recipe(
+        QUANT_RECIPE.replace("{max_metric_drop: 0.02}", "{max_relative_drop: 0.05}")
+        + "search: {objective: size}\n"
+    )
+    search = Search(task, recipe, ROOMY, tmp_path)
+
+    def trial(name: str, metric: float, size: int) -> Trial:
+        return Trial(
+            name,
+            name,
+            [],
+            ok=True,
+            metric=metric,
+            latency_p50_ms=1.0,
+            latency_p95_ms=1.0,
+            size_bytes=size,
+            peak_rss_mb=80,
+            speedup=1.0,
+        )
+
+    baseline = trial("teacher", 0.90, 1000)
+    within = trial("small", 0.86, 100)  # drop 0.04 <= 5% of 0.90
+    tiny_but_bad = trial("tiny", 0.80, 10)  # drop 0.10 > 0.045
+    for t in (baseline, within, tiny_but_bad):
+        search._judge(t, baseline)
+    chosen, reason = search._choose(baseline, [within, tiny_but_bad])
+    assert chosen is within and reason.startswith("smallest of 2 candidates")
+    assert any("5% of the fp32 value" in m for m in tiny_but_bad.misses)
+
+
+def test_compress_cli_names_what_is_wrong(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(
+        "task: image\npasses: [{pass: export}, {pass: quantize_int4, params: {bits: 2}}]"
+    )
+    run = subprocess.run(
+        [sys.executable, "-m", "edgeloop.server.cli", "compress", "--recipe", str(recipe)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert run.returncode == 2
+    assert "pass 'quantize_int4' has no parameter 'bits'" in run.stderr

@@ -27,4 +27,7 @@ def example_task(name: str) -> Task:
 
 
 def example_recipe(name: str) -> str:
+    """The default recipe (YAML text) of the example ``name``."""
+    if name not in EXAMPLES:
+        raise ValueError(f"unknown example {name!r}; known: {', '.join(EXAMPLES)}")
     return resources.files("edgeloop.compressor").joinpath(f"recipes/{name}.yaml").read_text()
