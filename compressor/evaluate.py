@@ -95,7 +95,7 @@ def peak_memory_mb(model_path: Path, feed: dict[str, np.ndarray], threads: int =
 
     with tempfile.TemporaryDirectory(prefix="edgeloop-mem-") as scratch:
         feeds = Path(scratch) / "feed.npz"
-        np.savez(feeds, **feed)
+        np.savez(feeds, **feed)  # type: ignore[arg-type]  # numpy's stub misreads **kwargs
         result = subprocess.run(
             [
                 sys.executable,

@@ -211,6 +211,7 @@ def _closest_dequantization(
     The per-channel axis depends on the consuming op (MatMul: last, Conv/Gemm: first), which
     a bare initializer does not say; the right axis is the one that reproduces the weight.
     """
+    axes: list[int | None]
     if scale.size == 1:
         axes = [None]
     else:
