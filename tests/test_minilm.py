@@ -138,6 +138,15 @@ def test_sentence_sets_are_large_unique_and_disjoint() -> None:
     assert not {normalise(s) for s in evaluation} & {normalise(s) for s in training}
 
 
+def test_distillation_corpus_is_natural_unique_and_disjoint() -> None:
+    evaluation = minilm.load_sentences(minilm.EVAL_SENTENCES)
+    distill = minilm.load_sentences(minilm.DISTILL_SENTENCES)
+    assert len(set(distill)) == len(distill) >= 3000
+    assert all(6 <= len(line.split()) <= 40 for line in distill)
+    normalise = lambda text: " ".join(text.lower().split())  # noqa: E731
+    assert not {normalise(s) for s in evaluation} & {normalise(s) for s in distill}
+
+
 def test_refit_recovers_what_plain_slicing_loses(teacher: minilm.SentenceEncoder) -> None:
     tokens = minilm.tokenize(SAMPLE * 4, pad_to_max=False)
     reference = minilm.torch_embeddings(teacher, tokens)

@@ -44,6 +44,7 @@ from torch import nn
 from edgeloop.compressor.task import ExportSpec, Task
 
 __all__ = [
+    "DISTILL_SENTENCES",
     "EVAL_SENTENCES",
     "MAX_LENGTH",
     "TRAIN_SENTENCES",
@@ -63,6 +64,8 @@ MAX_LENGTH = 128
 EMBEDDING_DIM = 384
 EVAL_SENTENCES = "sentences.txt"
 TRAIN_SENTENCES = "sentences_train.txt"
+DISTILL_SENTENCES = "sentences_distill.txt"
+"""~5k prose sentences from CPython's own documentation (see data/make_sentences_distill.py)."""
 VOCABULARY_SEQUENCES = 800
 """Word sequences from the tokenizer's vocabulary added to the training sentences."""
 INPUT_NAMES = ["input_ids", "attention_mask"]
