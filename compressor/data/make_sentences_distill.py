@@ -55,7 +55,7 @@ def _docstring_texts() -> list[str]:
         for name in names:
             try:
                 module = importlib.import_module(name)
-            except Exception:  # noqa: BLE001 - platform modules that do not import here
+            except Exception:  # platform modules that do not import here
                 continue
             modules = [module]
             for info in pkgutil.iter_modules(getattr(module, "__path__", []) or []):
@@ -63,7 +63,7 @@ def _docstring_texts() -> list[str]:
                     continue
                 try:
                     modules.append(importlib.import_module(f"{name}.{info.name}"))
-                except Exception:  # noqa: BLE001
+                except Exception:
                     continue
             for mod in modules:
                 objects = [mod] + [obj for key, obj in sorted(vars(mod).items())
