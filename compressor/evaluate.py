@@ -57,16 +57,8 @@ def latency(
     ``sample`` is one input with its batch axis of 1.
     """
     sess = session(model_path, threads)
-    input_name, output_name = _io_names(sess)
-    feed = {input_name: sample}
-    for _ in range(warmup):
-        sess.run([output_name], feed)
-    timings = np.empty(runs)
-    for i in range(runs):
-        start = time.perf_counter()
-        sess.run([output_name], feed)
-        timings[i] = time.perf_counter() - start
-    p50, p95 = np.percentile(timings * 1e3, [50, 95])
+    times = latency_feed(sess, {sess.get_inputs()[0].name: sample}, runs=runs, warmup=warmup)
+    p50, p95 = np.percentile(times, [50, 95])
     return float(p50), float(p95)
 
 

@@ -17,39 +17,10 @@ from onnx import helper
 from edgeloop.agent.protocol import TensorSpec
 from edgeloop.compressor.task import ExportSpec
 
-__all__ = ["BATCH_DIM", "OPSET", "export_model", "export_onnx", "tensor_specs"]
+__all__ = ["BATCH_DIM", "OPSET", "export_model", "tensor_specs"]
 
 OPSET = 17
 BATCH_DIM = "batch"
-
-
-def export_onnx(
-    model: torch.nn.Module,
-    example: torch.Tensor,
-    path: Path,
-    *,
-    input_name: str,
-    output_name: str,
-) -> Path:
-    """Export ``model`` with a symbolic batch axis named :data:`BATCH_DIM`.
-
-    Returns ``path``, a file with every initializer inline and no sidecar next to it.
-    """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    model.eval()
-    torch.onnx.export(
-        model,
-        (example,),
-        str(path),
-        input_names=[input_name],
-        output_names=[output_name],
-        dynamic_axes={input_name: {0: BATCH_DIM}, output_name: {0: BATCH_DIM}},
-        opset_version=OPSET,
-        dynamo=False,
-    )
-    _inline_sidecars(path)
-    onnx.checker.check_model(str(path))
-    return path
 
 
 def export_model(

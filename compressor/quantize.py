@@ -1,4 +1,4 @@
-"""Static int8 quantization in QDQ form, tuned for batch-1 latency on small CNNs.
+"""Why the ``quantize_static`` pass defaults are what they are (batch-1 latency, small CNNs).
 
 Why these settings (measured on the digits CNN, 2-core AVX2 host without VNNI, 1 thread):
 
@@ -24,41 +24,11 @@ Why these settings (measured on the digits CNN, 2-core AVX2 host without VNNI, 1
 
 from __future__ import annotations
 
-import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 
-import numpy as np
 import onnx
-from onnxruntime.quantization import (
-    CalibrationDataReader,
-    CalibrationMethod,
-    QuantFormat,
-    QuantType,
-    quantize_static,
-)
-from onnxruntime.quantization.shape_inference import quant_pre_process
 
-__all__ = ["SampleReader", "input_convs", "quantize_static_int8"]
-
-
-class SampleReader(CalibrationDataReader):
-    """Feeds calibration samples one at a time, as onnxruntime's calibrator expects."""
-
-    def __init__(self, samples: np.ndarray, input_name: str) -> None:
-        self._samples = samples
-        self._input_name = input_name
-        self._iterator: Iterator[dict[str, np.ndarray]] = self._feeds()
-
-    def _feeds(self) -> Iterator[dict[str, np.ndarray]]:
-        for sample in self._samples:
-            yield {self._input_name: sample[np.newaxis]}
-
-    def get_next(self) -> dict[str, np.ndarray] | None:
-        return next(self._iterator, None)
-
-    def rewind(self) -> None:
-        self._iterator = self._feeds()
+__all__ = ["input_convs"]
 
 
 def input_convs(model_path: Path) -> list[str]:
@@ -70,36 +40,3 @@ def input_convs(model_path: Path) -> list[str]:
         for node in graph.node
         if node.op_type == "Conv" and node.name and node.input[0] in graph_inputs
     ]
-
-
-def quantize_static_int8(
-    fp32_path: Path,
-    out_path: Path,
-    calibration: np.ndarray,
-    input_name: str,
-    *,
-    keep_input_conv_fp32: bool = True,
-) -> Path:
-    """Quantize weights (per output channel) and activations to int8, calibrated by min/max.
-
-    ``calibration`` is a batch of training inputs (first axis = samples); a few hundred are
-    plenty for min/max ranges. Returns ``out_path``, a single self-contained file.
-    """
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix="edgeloop-quantize-") as scratch:
-        preprocessed = Path(scratch) / "preprocessed.onnx"
-        quant_pre_process(str(fp32_path), str(preprocessed), skip_symbolic_shape=True)
-        quantize_static(
-            str(preprocessed),
-            str(out_path),
-            SampleReader(calibration.astype(np.float32), input_name),
-            quant_format=QuantFormat.QDQ,
-            per_channel=True,
-            reduce_range=True,
-            activation_type=QuantType.QInt8,
-            weight_type=QuantType.QInt8,
-            calibrate_method=CalibrationMethod.MinMax,
-            nodes_to_exclude=input_convs(preprocessed) if keep_input_conv_fp32 else None,
-            extra_options={"OpTypesToExcludeOutputQuantization": ["Gemm"]},
-        )
-    return out_path

@@ -71,8 +71,7 @@ class Task(ABC):
         """Batch-1 feeds for static-quantization calibration, drawn from the training inputs."""
         inputs = self.train_inputs()
         names = self.export_spec().input_names
-        rng = np.random.default_rng(0)
-        picks = rng.choice(len(inputs[0]), size=min(count, len(inputs[0])), replace=False)
+        picks = np.random.default_rng(0).permutation(len(inputs[0]))[:count]
         return [
             {name: tensor[i : i + 1].numpy() for name, tensor in zip(names, inputs, strict=True)}
             for i in picks

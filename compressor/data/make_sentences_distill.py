@@ -31,8 +31,21 @@ SEED = 20240612
 COUNT = 8000
 HERE = Path(__file__).resolve().parent
 
-SKIP_MODULES = ("test", "idlelib", "tkinter", "turtledemo", "lib2to3", "ensurepip", "antigravity",
-                "this", "__main__", "turtle", "pydoc_data", "xxsubtype", "xxlimited")
+SKIP_MODULES = (
+    "test",
+    "idlelib",
+    "tkinter",
+    "turtledemo",
+    "lib2to3",
+    "ensurepip",
+    "antigravity",
+    "this",
+    "__main__",
+    "turtle",
+    "pydoc_data",
+    "xxsubtype",
+    "xxlimited",
+)
 
 
 def _normalise(text: str) -> str:
@@ -47,8 +60,11 @@ def _pydoc_texts() -> list[str]:
 
 def _docstring_texts() -> list[str]:
     texts: list[str] = []
-    names = sorted(name for name in sys.stdlib_module_names
-                   if not name.startswith("_") and name not in SKIP_MODULES)
+    names = sorted(
+        name
+        for name in sys.stdlib_module_names
+        if not name.startswith("_") and name not in SKIP_MODULES
+    )
     seen: set[int] = set()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -66,14 +82,20 @@ def _docstring_texts() -> list[str]:
                 except Exception:
                     continue
             for mod in modules:
-                objects = [mod] + [obj for key, obj in sorted(vars(mod).items())
-                                   if not key.startswith("_")
-                                   and (inspect.isclass(obj) or inspect.isfunction(obj))
-                                   and getattr(obj, "__module__", None) == mod.__name__]
+                objects = [mod] + [
+                    obj
+                    for key, obj in sorted(vars(mod).items())
+                    if not key.startswith("_")
+                    and (inspect.isclass(obj) or inspect.isfunction(obj))
+                    and getattr(obj, "__module__", None) == mod.__name__
+                ]
                 for obj in list(objects):
                     if inspect.isclass(obj):
-                        objects += [member for key, member in sorted(vars(obj).items())
-                                    if not key.startswith("_") and inspect.isfunction(member)]
+                        objects += [
+                            member
+                            for key, member in sorted(vars(obj).items())
+                            if not key.startswith("_") and inspect.isfunction(member)
+                        ]
                 for obj in objects:
                     doc = inspect.getdoc(obj)
                     if doc and id(doc) not in seen:
@@ -115,8 +137,11 @@ def _sentences(text: str) -> list[str]:
 
 
 def main() -> None:
-    evaluation = [line.strip() for line in (HERE / "sentences.txt").read_text("utf-8").splitlines()
-                  if line.strip()]
+    evaluation = [
+        line.strip()
+        for line in (HERE / "sentences.txt").read_text("utf-8").splitlines()
+        if line.strip()
+    ]
     banned = {_normalise(s) for s in evaluation}
     unique: dict[str, str] = {}
     for text in _pydoc_texts() + _docstring_texts():

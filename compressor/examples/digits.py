@@ -18,8 +18,7 @@ from sklearn.model_selection import train_test_split
 from torch import nn
 
 from edgeloop.compressor import evaluate
-from edgeloop.compressor.export import export_onnx, tensor_specs
-from edgeloop.compressor.quantize import quantize_static_int8
+from edgeloop.compressor.export import tensor_specs
 from edgeloop.compressor.report import BuiltModel, ModelReport
 from edgeloop.compressor.task import ExportSpec, Task
 
@@ -125,23 +124,23 @@ def build_digits(
     and ``1-int8``. fp32 is the baseline the int8 report compares against. Accuracy is measured
     on the held-out 20%; latency at batch 1 on :data:`HOST_THREADS` onnxruntime threads.
     """
-    x_train, x_test, y_train, y_test = load_split(seed)
-    model = train(x_train, y_train, seed=seed, epochs=epochs, progress=progress)
+    from edgeloop.compressor.passes import PassContext, TorchModel, get_pass
 
-    fp32_path = export_onnx(
-        model,
-        torch.from_numpy(x_test[:1]),
-        out_dir / "1-fp32" / "model.onnx",
-        input_name=INPUT_NAME,
-        output_name=OUTPUT_NAME,
+    task = DigitsTask(seed=seed, epochs=epochs, progress=progress)
+    x_test, y_test = task.x_test, task.y_test
+    export, quantize = get_pass("export"), get_pass("quantize_static")
+    stages = {version: out_dir / version for version in ("1-fp32", "1-int8")}
+    for stage in stages.values():
+        stage.mkdir(parents=True, exist_ok=True)
+    fp32 = export().run(
+        TorchModel(task.teacher()), export.config(), PassContext(task, stages["1-fp32"], seed)
     )
-    calibration = x_train[np.random.default_rng(seed).permutation(len(x_train))]
-    int8_path = quantize_static_int8(
-        fp32_path,
-        out_dir / "1-int8" / "model.onnx",
-        calibration[:CALIBRATION_SAMPLES],
-        INPUT_NAME,
+    int8 = quantize().run(
+        fp32,
+        quantize.config({"calibration_samples": CALIBRATION_SAMPLES}),
+        PassContext(task, stages["1-int8"], seed),
     )
+    fp32_path, int8_path = fp32.path, int8.path
     variants = [
         ("fp32", fp32_path, ["train", "export-onnx"]),
         ("int8", int8_path, ["train", "export-onnx", "quantize-static-qdq-int8"]),
@@ -200,15 +199,19 @@ class DigitsTask(Task):
     kind = "classification"
     metric = "accuracy"
 
-    def __init__(self, *, seed: int = 0, epochs: int = 40) -> None:
-        self.seed, self.epochs = seed, epochs
+    def __init__(self, *, seed: int = 0, epochs: int = 40, progress: bool = False) -> None:
+        self.seed, self.epochs, self.progress = seed, epochs, progress
         self.x_train, self.x_test, self.y_train, self.y_test = load_split(seed)
         self._teacher: DigitsCNN | None = None
 
     def teacher(self) -> nn.Module:
         if self._teacher is None:
             self._teacher = train(
-                self.x_train, self.y_train, seed=self.seed, epochs=self.epochs, progress=False
+                self.x_train,
+                self.y_train,
+                seed=self.seed,
+                epochs=self.epochs,
+                progress=self.progress,
             )
         return self._teacher
 

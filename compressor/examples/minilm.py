@@ -345,7 +345,11 @@ def slice_ffn(
 
 @torch.no_grad()
 def prune_ffn_refit(
-    model: SentenceEncoder, keep: int | list[int], tokens: Tokenized, *, batch_size: int = 64,
+    model: SentenceEncoder,
+    keep: int | list[int],
+    tokens: Tokenized,
+    *,
+    batch_size: int = 64,
     ridge: float = 1e-3,
 ) -> SentenceEncoder:
     """Slice every FFN to ``keep`` neurons and refit its output projection by least squares.
@@ -363,8 +367,10 @@ def prune_ffn_refit(
     keeps = [keep] * len(layers) if isinstance(keep, int) else list(keep)
     if len(keeps) != len(layers):
         raise ValueError(f"keep lists {len(keeps)} widths for {len(layers)} layers")
-    batches = [_layer_inputs(pruned, tokens, start, batch_size)
-               for start in range(0, len(tokens.input_ids), batch_size)]
+    batches = [
+        _layer_inputs(pruned, tokens, start, batch_size)
+        for start in range(0, len(tokens.input_ids), batch_size)
+    ]
     for layer, layer_keep in zip(layers, keeps, strict=True):
         up, down = layer.intermediate.dense, layer.output.dense
         width = up.out_features
@@ -488,9 +494,9 @@ def _hidden_mse(
     """Mean squared error over every layer's hidden states, padding positions left out."""
     weights = mask.unsqueeze(-1).to(student[0].dtype)
     count = weights.sum() * student[0].shape[-1] * len(student)
-    return sum(
-        (((s - t) ** 2) * weights).sum() for s, t in zip(student, teacher, strict=True)
-    ) / count
+    return (
+        sum((((s - t) ** 2) * weights).sum() for s, t in zip(student, teacher, strict=True)) / count
+    )
 
 
 def distill_embeddings(
@@ -557,8 +563,10 @@ def distill_embeddings(
             if progress:
                 mean_loss = total / len(tokens.input_ids)
                 elapsed = time.perf_counter() - started
-                print(f"  distill epoch {epoch + 1}/{epochs}: loss {mean_loss:.5f}"
-                      f" ({elapsed:.0f} s)", flush=True)
+                print(
+                    f"  distill epoch {epoch + 1}/{epochs}: loss {mean_loss:.5f} ({elapsed:.0f} s)",
+                    flush=True,
+                )
     finally:
         if simulate_int8:
             _swap_linears(student.bert.encoder, fake=False)
@@ -663,20 +671,29 @@ def build_nlp(
 
         student = prune_ffn_refit(teacher, ffn_keep, task.train_tokens)
         say(f"sliced FFN 1536 -> {ffn_keep} and refit; distilling")
-        distill_embeddings(student, teacher, task.train_tokens, epochs=epochs, lr=lr, seed=seed,
-                           progress=progress)
+        distill_embeddings(
+            student, teacher, task.train_tokens, epochs=epochs, lr=lr, seed=seed, progress=progress
+        )
         student_path = export_model(student, spec, out_dir / "student-fp32.onnx")
         model_path = quantize_int8(student_path, out_dir / "model.onnx")
         say("distilled, exported and quantized; scoring")
 
         figures: dict[str, float] = {}
-        for label, path in (("baseline", baseline_path), ("int8_only", int8_only_path),
-                            ("student_fp32", student_path), ("candidate", model_path)):
+        for label, path in (
+            ("baseline", baseline_path),
+            ("int8_only", int8_only_path),
+            ("student_fp32", student_path),
+            ("candidate", model_path),
+        ):
             for key, value in task.score(path).items():
                 figures[f"{label}_{key}"] = value
         say("timing")
-        paths = {"fp32": fp32_path, "baseline": baseline_path, "int8_only": int8_only_path,
-                 "candidate": model_path}
+        paths = {
+            "fp32": fp32_path,
+            "baseline": baseline_path,
+            "int8_only": int8_only_path,
+            "candidate": model_path,
+        }
         feed = task.latency_feed()
         for threads in (1, 2):
             latency = measure_latency(paths, feed, threads)
@@ -701,8 +718,11 @@ def build_nlp(
         "baseline_nn_agreement": figures["baseline_nn_agreement"],
         **{f"{name}_bytes": float(size) for name, size in sizes.items()},
         **{key: value for key, value in figures.items() if key.endswith(("_1t", "_2t"))},
-        **{key: value for key, value in figures.items()
-           if key.startswith(("student_fp32", "int8_only"))},
+        **{
+            key: value
+            for key, value in figures.items()
+            if key.startswith(("student_fp32", "int8_only"))
+        },
         "ffn_keep": float(ffn_keep),
         "build_seconds": time.perf_counter() - started,
     }

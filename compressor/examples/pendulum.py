@@ -348,8 +348,12 @@ def train_teacher(
                 ).observations.reshape(-1, 3)
                 states = np.concatenate([states, own, shaken])
                 _fit(
-                    model, states, expert(states),
-                    epochs=dagger_epochs, seed=seed + round_index + 1, lr=5e-4,
+                    model,
+                    states,
+                    expert(states),
+                    epochs=dagger_epochs,
+                    seed=seed + round_index + 1,
+                    lr=5e-4,
                 )
                 bar.advance(task)
     return model, states, expert(states)
@@ -621,22 +625,51 @@ def build_control(
     def distilled(student: nn.Module, epochs: int) -> nn.Module:
         with _one_thread():
             return distill(
-                student, teacher, inputs, kind="regression", targets=targets, epochs=epochs,
-                lr=3e-3, batch_size=512, alpha=0.5, seed=seed,
+                student,
+                teacher,
+                inputs,
+                kind="regression",
+                targets=targets,
+                epochs=epochs,
+                lr=3e-3,
+                batch_size=512,
+                alpha=0.5,
+                seed=seed,
             )
 
     fp32: list[tuple[str, float, int, str, Callable[[], nn.Module]]] = [
         ("teacher", 1.0, TEACHER_LAYERS, "none", lambda: teacher)
     ]
     for width in widths:
-        fp32.append((f"w{width:g}-l2", width, 2, "none",
-                     lambda w=width: distilled(task.student(w, 2), distill_epochs)))
+        fp32.append(
+            (
+                f"w{width:g}-l2",
+                width,
+                2,
+                "none",
+                lambda w=width: distilled(task.student(w, 2), distill_epochs),
+            )
+        )
     for width in shallow_widths:
-        fp32.append((f"w{width:g}-l1", width, 1, "none",
-                     lambda w=width: distilled(task.student(w, 1), distill_epochs)))
+        fp32.append(
+            (
+                f"w{width:g}-l1",
+                width,
+                1,
+                "none",
+                lambda w=width: distilled(task.student(w, 1), distill_epochs),
+            )
+        )
     for ratio in structured_ratios:
-        fp32.append((f"teacher-struct{ratio:g}", 1 - ratio, 2, f"structured {ratio:g}",
-                     lambda r=ratio: distilled(prune_structured(teacher, r), distill_epochs // 2)))
+        fp32.append(
+            (
+                f"teacher-struct{ratio:g}",
+                1 - ratio,
+                2,
+                f"structured {ratio:g}",
+                lambda r=ratio: distilled(prune_structured(teacher, r), distill_epochs // 2),
+            )
+        )
 
     def unstructured(amount: float) -> nn.Module:
         model = distilled(prune_unstructured(teacher, amount), distill_epochs // 2)
@@ -644,8 +677,15 @@ def build_control(
         return model
 
     for amount in unstructured_amounts:
-        fp32.append((f"teacher-unstruct{amount:g}", 1.0, 2, f"unstructured {amount:g}",
-                     lambda a=amount: unstructured(a)))
+        fp32.append(
+            (
+                f"teacher-unstruct{amount:g}",
+                1.0,
+                2,
+                f"unstructured {amount:g}",
+                lambda a=amount: unstructured(a),
+            )
+        )
 
     out_dir.mkdir(parents=True, exist_ok=True)
     export_pass = get_pass("export")()
@@ -660,8 +700,9 @@ def build_control(
             source = OnnxModel(path)
             hidden = _hidden_widths(model)
             parameters = sum(int((p != 0).sum()) for p in model.parameters())
-            candidates.append(Candidate(label, width, layers, hidden, prune, "fp32", path,
-                                        parameters=parameters))
+            candidates.append(
+                Candidate(label, width, layers, hidden, prune, "fp32", path, parameters=parameters)
+            )
             for quant, quant_pass, config in (
                 ("int8-dynamic", dynamic_pass, dynamic_pass.config({})),
                 ("int8-static-qdq", static_pass, static_pass.config({})),
@@ -671,8 +712,18 @@ def build_control(
                 ctx = PassContext(task=task, work_dir=work, seed=seed)
                 with _quiet_root_logger():
                     quantized = quant_pass.run(source, config, ctx)
-                candidates.append(Candidate(f"{label}-{quant}", width, layers, hidden, prune,
-                                            quant, quantized.path, parameters=parameters))
+                candidates.append(
+                    Candidate(
+                        f"{label}-{quant}",
+                        width,
+                        layers,
+                        hidden,
+                        prune,
+                        quant,
+                        quantized.path,
+                        parameters=parameters,
+                    )
+                )
             bar.advance(job)
         del export_pass
 
@@ -682,9 +733,16 @@ def build_control(
 
         with _quiet_root_logger():
             quantize_dynamic(str(candidates[0].path), str(baseline_path))
-        baseline = Candidate("baseline-quantize-dynamic-defaults", 1.0, TEACHER_LAYERS,
-                             candidates[0].hidden, "none", "int8-dynamic-defaults",
-                             baseline_path, parameters=candidates[0].parameters)
+        baseline = Candidate(
+            "baseline-quantize-dynamic-defaults",
+            1.0,
+            TEACHER_LAYERS,
+            candidates[0].hidden,
+            "none",
+            "int8-dynamic-defaults",
+            baseline_path,
+            parameters=candidates[0].parameters,
+        )
 
         everything = [*candidates, baseline]
         job = bar.add_task("control: scoring in the env", total=len(everything))
@@ -696,7 +754,10 @@ def build_control(
             candidate.return_ratio = scores["return_ratio"]
             bar.advance(job)
     latencies = evaluate.compare_latency(
-        {c.label: c.path for c in everything}, task.latency_feed(), threads=1, calls=300,
+        {c.label: c.path for c in everything},
+        task.latency_feed(),
+        threads=1,
+        calls=300,
         seed=seed,
     )
     for candidate in everything:
@@ -710,9 +771,7 @@ def build_control(
         "env": ENV_ID,
         "eval_seeds": [task.eval_seeds[0], task.eval_seeds[-1]],
         "expert_return_mean": float(expert_returns.mean()),
-        "expert_return_mean_seeds_0_19": float(
-            run_episodes(task.expert, range(20)).returns.mean()
-        ),
+        "expert_return_mean_seeds_0_19": float(run_episodes(task.expert, range(20)).returns.mean()),
         "teacher": teacher_candidate.row(),
         "candidates": [c.row() for c in candidates],
         "chosen": chosen.row(),

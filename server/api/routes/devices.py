@@ -5,7 +5,7 @@ from typing import Any
 from fastapi import APIRouter, HTTPException, Query, status
 from sqlalchemy import select
 
-from ...models import DeviceReport
+from ...models import Device, DeviceReport
 from ..deps import FleetDep
 
 router = APIRouter(prefix="/api/v1", tags=["devices"])
@@ -35,6 +35,6 @@ def device_reports(
             .order_by(DeviceReport.id.desc())
             .limit(limit)
         ).all()
-        if not rows and not any(d["device_id"] == device_id for d in fleet.fleet_summary()):
+        if not rows and db.get(Device, device_id) is None:
             raise HTTPException(status.HTTP_404_NOT_FOUND, f"no device {device_id!r}")
         return [r.payload | {"received_at": r.received_at.isoformat()} for r in rows]
