@@ -1,15 +1,29 @@
-"""``edgeloop-agent``: the device-side command."""
+"""``edgeloop-agent``: the device-side command.
+
+    edgeloop-agent run --config /etc/edgeloop/agent.toml     # the daemon (systemd runs this)
+    edgeloop-agent status --config ... [--json]              # state, slots, outbox
+    edgeloop-agent rollback --config ...                     # back to the previous model
+
+``status`` reads the workdir and works whether or not the daemon runs. ``rollback`` asks a
+running daemon through its local endpoint, or, when none runs (the workdir lock is free),
+switches the slots itself.
+"""
 
 from __future__ import annotations
 
 import argparse
+import fcntl
 import json
 import logging
 import signal
 import sys
 from pathlib import Path
+from typing import Any
 
-from .errors import ConfigError
+from .errors import AgentError, ConfigError
+
+LOCK_FILE = "agent.lock"
+ENDPOINT_FILE = "endpoint.url"
 
 
 def _profile_arg(value: str) -> dict:
@@ -31,15 +45,33 @@ def build_parser() -> argparse.ArgumentParser:
     )
     commands = parser.add_subparsers(dest="command", required=True)
     run = commands.add_parser("run", help="connect to the broker and apply desired models")
-    run.add_argument("--config", type=Path, help="agent.toml (flags below override it)")
+    status = commands.add_parser("status", help="show the update state, slots and outbox")
+    rollback = commands.add_parser("rollback", help="go back to the previous committed model")
+    for sub in (run, status, rollback):
+        sub.add_argument("--config", type=Path, help="agent.toml (flags below override it)")
+        sub.add_argument("--workdir", type=Path, help="where slots, state and blobs live")
+        sub.add_argument("-v", "--verbose", action="store_true")
+    status.add_argument("--json", action="store_true", help="print the state record as JSON")
     run.add_argument("--device-id", help="this device's id, e.g. pi-kitchen-01")
     run.add_argument("--broker", help="MQTT broker host:port (default 127.0.0.1:1883)")
-    run.add_argument("--workdir", type=Path, help="where blobs and state live")
     run.add_argument("--profile", type=_profile_arg, help="device profile: JSON or a file")
     run.add_argument("--inferences", type=int, help="inferences measured per model (>=1)")
     run.add_argument("--telemetry-interval", dest="telemetry_interval_s", type=float)
-    run.add_argument("-v", "--verbose", action="store_true")
+    run.add_argument("--probation", dest="probation_s", type=float, help="seconds (default 30)")
+    run.add_argument("--endpoint-port", type=int, help="local endpoint port (0: any free)")
     return parser
+
+
+RUN_FLAGS = (
+    "device_id",
+    "broker",
+    "workdir",
+    "profile",
+    "inferences",
+    "telemetry_interval_s",
+    "probation_s",
+    "endpoint_port",
+)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -48,22 +80,135 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    try:
+        if args.command == "run":
+            return _run(args)
+        workdir = _workdir(args)
+        if args.command == "status":
+            return _status(workdir, as_json=args.json)
+        return _rollback(workdir, args)
+    except (ConfigError, AgentError) as exc:
+        print(f"edgeloop-agent: {exc}", file=sys.stderr)
+        return 2
+
+
+def _run(args: argparse.Namespace) -> int:
     from .config import load_config
     from .daemon import Agent
 
-    overrides = {
-        k: getattr(args, k)
-        for k in ("device_id", "broker", "workdir", "profile", "inferences", "telemetry_interval_s")
-    }
+    config = load_config(args.config, {k: getattr(args, k, None) for k in RUN_FLAGS})
+    config.workdir.mkdir(parents=True, exist_ok=True)
+    lock = (config.workdir / LOCK_FILE).open("w")
     try:
-        config = load_config(args.config, overrides)
-    except ConfigError as exc:
-        print(f"edgeloop-agent: {exc}", file=sys.stderr)
-        return 2
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        raise AgentError(f"another agent already runs on {config.workdir}") from None
     agent = Agent(config)
     signal.signal(signal.SIGTERM, lambda *_: agent.stop())
     signal.signal(signal.SIGINT, lambda *_: agent.stop())
     agent.run()
+    return 0
+
+
+def _workdir(args: argparse.Namespace) -> Path:
+    if args.workdir is not None:
+        return args.workdir
+    if args.config is not None:
+        import tomllib
+
+        try:
+            data = tomllib.loads(args.config.read_text())
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            raise ConfigError(f"cannot read agent config {args.config}: {exc}") from exc
+        return Path(data.get("workdir", "/var/lib/edgeloop-agent"))
+    return Path("/var/lib/edgeloop-agent")
+
+
+def _status(workdir: Path, *, as_json: bool) -> int:
+    from .slots import Slots
+    from .states import StateStore
+
+    record = StateStore(workdir / "state.json").load()
+    active = Slots(workdir).active() if (workdir / "slots").exists() else None
+    queued, dropped = _outbox_counts(workdir)
+    if as_json:
+        payload: dict[str, Any] = json.loads(record.model_dump_json())
+        payload.update(active_slot=active, outbox_queued=queued, outbox_dropped=dropped)
+        print(json.dumps(payload, indent=1))
+        return 0
+    rows = [
+        ("state", record.state.value),
+        ("revision", str(record.revision)),
+        ("serving", _slot_text(record.committed) if active else "nothing"),
+        ("active slot", str(active)),
+        ("previous", _slot_text(record.previous)),
+        ("last update", _slot_text(record.candidate)),
+        ("reason", f"{record.gate}: {record.reason}" if record.reason else "-"),
+        ("since", record.entered_at.isoformat(timespec="seconds")),
+        ("outbox", f"{queued} queued, {dropped} dropped"),
+    ]
+    width = max(len(k) for k, _ in rows)
+    for key, value in rows:
+        print(f"{key:<{width}}  {value}")
+    return 0
+
+
+def _slot_text(model: Any) -> str:
+    return f"{model.label} (slot {model.slot}, revision {model.revision})" if model else "-"
+
+
+def _outbox_counts(workdir: Path) -> tuple[int, int]:
+    path = workdir / "outbox.sqlite"
+    if not path.exists():
+        return 0, 0
+    from .outbox import Outbox
+
+    with Outbox(path) as outbox:
+        return len(outbox), outbox.dropped
+
+
+def _rollback(workdir: Path, args: argparse.Namespace) -> int:
+    lock_path = workdir / LOCK_FILE
+    lock = lock_path.open("a") if workdir.exists() else None
+    try:
+        if lock is not None:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        from .client import InferenceClient
+
+        url = (workdir / ENDPOINT_FILE).read_text().strip()
+        result = InferenceClient(url).rollback()
+        print(f"rolled back: now {result['state']}, serving {result['running']}")
+        return 0
+    from .config import load_config
+    from .host import ModelHost
+    from .outbox import Outbox
+    from .protocol import Channel, Report, encode, topic
+    from .states import StateStore
+    from .updater import Hooks, Updater
+
+    record = StateStore(workdir / "state.json").load()
+    if record.desired is None:
+        raise AgentError(f"{workdir} has no installed model to roll back from")
+    device_id = record.desired.device_id
+    config = load_config(
+        args.config,
+        {
+            "workdir": workdir,
+            "device_id": device_id,
+            "profile": record.desired.profile.model_dump(),
+        },
+    )
+    with Outbox(workdir / "outbox.sqlite") as outbox:
+
+        def queue_report(report: Report) -> None:
+            outbox.put(topic(device_id, Channel.REPORT), encode(report), qos=1)
+
+        hooks = Hooks(on_report=queue_report)
+        after = Updater(config, ModelHost(), hooks).operator_rollback()
+    running = after.committed.label if after.committed else None
+    print(f"rolled back: now {after.state}, serving {running}")
+    print("the report goes out when the agent next runs", file=sys.stderr)
     return 0
 
 

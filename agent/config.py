@@ -7,6 +7,9 @@ Example ``agent.toml``::
     workdir = "/var/lib/edgeloop-agent"
     inferences = 200              # measured inferences per applied model
     telemetry_interval_s = 10.0
+    endpoint_port = 8470          # local inference endpoint on 127.0.0.1 (0: any free port)
+    probation_s = 30.0            # watch a new model this long before committing it
+    shadow_every = 4              # re-run every 4th live request on the previous model
 
     [profile]
     name = "pi4"
@@ -38,6 +41,21 @@ class AgentConfig(BaseModel):
     inferences: int = Field(default=200, ge=1, description="measured inferences per model")
     telemetry_interval_s: float = Field(default=10.0, gt=0)
     keepalive_s: int = Field(default=15, ge=5)
+    endpoint_port: int = Field(
+        default=8470, ge=0, le=65535, description="local inference endpoint, 127.0.0.1 only"
+    )
+    probation_s: float = Field(default=30.0, ge=0, description="watch window before commit")
+    shadow_every: int = Field(
+        default=4, ge=1, description="shadow-run every Nth live request on the previous model"
+    )
+    max_error_rate: float = Field(default=0.01, ge=0, le=1, description="probation breach above")
+    probation_latency_factor: float = Field(
+        default=1.5, ge=1, description="live p95 may reach the budget times this in probation"
+    )
+    download_attempts: int = Field(default=5, ge=1)
+    outbox_max_messages: int = Field(
+        default=10_000, ge=10, description="offline buffer bound; the oldest are dropped first"
+    )
 
     @property
     def broker_host(self) -> str:

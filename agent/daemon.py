@@ -1,36 +1,36 @@
-"""The device agent: one MQTT connection, one worker that applies desired states.
+"""The device agent: one MQTT connection, one update worker, one local endpoint.
 
 Threads: paho's network thread only decodes messages and hands ``Desired`` to the worker
-through a one-slot mailbox (newest wins, so a burst of revisions applies only the last);
-the worker downloads, validates, measures and reports; a timer thread sends telemetry.
-Nothing a peer sends can crash the agent: an invalid message is logged and dropped.
+through a one-slot mailbox (newest wins, so a burst of revisions applies only the last); the
+worker runs the update flow (:mod:`edgeloop.agent.updater`); the endpoint serves applications
+throughout; a timer thread samples telemetry. Reports and telemetry go to the SQLite outbox
+first and are published from there, so a broker outage loses nothing. Nothing a peer sends
+can crash the agent: an invalid message is logged and dropped.
 """
 
 from __future__ import annotations
 
-import functools
-import json
 import logging
 import os
 import platform
 import threading
-from pathlib import Path
+import time
+from typing import Literal
 
 import onnxruntime as ort
 import paho.mqtt.client as mqtt
 import psutil
-import requests
 from pydantic import BaseModel
 
 from . import __version__
 from .config import AgentConfig
-from .errors import AgentError, ArtifactError, GateError, TransportError
-from .fetch import fetch
+from .endpoint import InferenceEndpoint
+from .host import ModelHost
+from .outbox import Outbox, OutboxPublisher
 from .protocol import (
     Channel,
     Desired,
     Hello,
-    ModelManifest,
     Phase,
     ProtocolError,
     Report,
@@ -40,46 +40,28 @@ from .protocol import (
     encode,
     topic,
 )
-from .runtime import measure, open_session, peak_rss_mb
-from .sensors import EnergyMeter, find_sensor
-from .validate import check_golden, check_io, load_golden
+from .sensors import read_temperature_c
+from .states import UpdateRecord, write_atomic
+from .updater import Hooks, Updater
 
 log = logging.getLogger("edgeloop.agent")
-
-FETCH_ATTEMPTS = 4
-
-
-def write_atomic(path: Path, data: bytes) -> None:
-    """Replace ``path`` so that a crash leaves either the old or the new content, never half."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    with tmp.open("wb") as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
 
 
 class Agent:
     def __init__(self, config: AgentConfig) -> None:
         self.config = config
-        self.workdir = config.workdir
-        self.workdir.mkdir(parents=True, exist_ok=True)
-        self.state_path = self.workdir / "state.json"
-        self.state = self._load_state()
+        config.workdir.mkdir(parents=True, exist_ok=True)
+        self.host = ModelHost()
+        self.updater = Updater(
+            config, self.host, Hooks(on_state=self._on_state, on_report=self._on_report)
+        )
+        self.outbox = Outbox(config.workdir / "outbox.sqlite", config.outbox_max_messages)
         self._mailbox: Desired | None = None
         self._mail = threading.Condition()
         self._stop = threading.Event()
         self._process = psutil.Process()
         self._process.cpu_percent()
-        self._last_report: Report | None = None
-        self._session: ort.InferenceSession | None = None
-        self._sensor = find_sensor()
-        self._http = requests.Session()
+        self._telemetry_seq = self._last_seq()
         self.client = mqtt.Client(
             mqtt.CallbackAPIVersion.VERSION2,
             client_id=f"edgeloop-agent-{config.device_id}",
@@ -94,29 +76,49 @@ class Agent:
         self.client.reconnect_delay_set(min_delay=1, max_delay=30)
         self.client.on_connect = self._on_connect
         self.client.on_message = self._on_message
+        self.publisher = OutboxPublisher(self.outbox, self.client)
+        self.endpoint = InferenceEndpoint(
+            self.host,
+            config.endpoint_port,
+            health=lambda: {
+                "state": self.updater.record.state.value,
+                "revision": self.updater.record.revision,
+            },
+            rollback=self._operator_rollback,
+        )
 
     # ------------------------------------------------------------------ lifecycle
 
     def run(self) -> None:
-        """Connect and serve until :meth:`stop`; reconnects on its own when the broker drops."""
+        """Recover, connect and serve until :meth:`stop`; reconnects on its own."""
+        self.updater.start()
+        self.endpoint.start()
+        write_atomic(self.config.workdir / "endpoint.url", self.endpoint.url.encode())
         self.client.connect_async(
             self.config.broker_host, self.config.broker_port, keepalive=self.config.keepalive_s
         )
         self.client.loop_start()
+        self.publisher.start()
         telemetry = threading.Thread(target=self._telemetry_loop, name="telemetry", daemon=True)
         telemetry.start()
         try:
+            self.updater.run()  # an update interrupted by the last stop goes on first
             while not self._stop.is_set():
                 desired = self._next_desired()
                 if desired is not None:
-                    self._apply(desired)
+                    self.updater.apply(desired)
         finally:
-            self._publish(Channel.STATUS, self._status(Phase.OFFLINE, online=False), retain=True)
+            self.updater.stopping.set()
+            self.endpoint.stop()
+            self.publisher.stop(timeout=2.0)
+            self._publish_status(self._status(Phase.OFFLINE, online=False))
             self.client.disconnect()
             self.client.loop_stop()
+            self.outbox.close()
 
     def stop(self) -> None:
         self._stop.set()
+        self.updater.stopping.set()
         with self._mail:
             self._mail.notify_all()
 
@@ -128,6 +130,7 @@ class Agent:
             return
         log.info("connected to %s", self.config.broker)
         client.subscribe(self._topic(Channel.DESIRED), qos=1)
+        record = self.updater.record
         hello = Hello(
             device_id=self.config.device_id,
             agent_version=__version__,
@@ -140,11 +143,11 @@ class Agent:
                 "onnxruntime": ort.__version__,
             },
             available_providers=ort.get_available_providers(),
-            current_model=self.state.get("model"),
+            current_model=record.committed.label if record.committed else None,
         )
-        self._publish(Channel.HELLO, hello)
-        phase = Phase(self.state.get("phase", Phase.IDLE))
-        self._publish(Channel.STATUS, self._status(phase), retain=True)
+        client.publish(self._topic(Channel.HELLO), encode(hello), qos=1)
+        self._publish_status(self._status(record.state, record))
+        self.publisher.wake()
 
     def _on_message(self, client, userdata, message) -> None:
         try:
@@ -159,7 +162,7 @@ class Agent:
             self._mailbox = desired
             self._mail.notify_all()
 
-    # ------------------------------------------------------------------ applying a model
+    # ------------------------------------------------------------------ update flow hooks
 
     def _next_desired(self) -> Desired | None:
         with self._mail:
@@ -168,151 +171,84 @@ class Agent:
             desired, self._mailbox = self._mailbox, None
             return desired
 
-    def _apply(self, desired: Desired) -> None:
-        manifest = desired.model
-        last = self._last_report
-        if last is not None and last.ok and last.revision == desired.revision:
-            log.info("revision %d is already running", desired.revision)
-            return
-        if manifest is None:
-            self._save_state(revision=desired.revision, model=None, ok=True, phase=Phase.IDLE)
-            self._publish(Channel.STATUS, self._status(Phase.IDLE, desired.revision), retain=True)
-            return
-        label = f"{manifest.name}:{manifest.version}"
-        log.info("applying revision %d: %s", desired.revision, label)
-        report = self._try_apply(desired, manifest)
-        self._last_report = report
-        self._save_state(
-            revision=desired.revision,
-            model=label if report.ok else None,
-            ok=report.ok,
-            phase=report.phase,
-        )
-        self._publish(Channel.REPORT, report)
-        detail = report.error or ""
-        self._publish(
-            Channel.STATUS, self._status(report.phase, desired.revision, detail), retain=True
-        )
+    def _on_state(self, record: UpdateRecord) -> None:
+        self._publish_status(self._status(record.state, record))
 
-    def _try_apply(self, desired: Desired, manifest: ModelManifest) -> Report:
-        profile = desired.profile
-        label = f"{manifest.name}:{manifest.version}"
-        outcome = functools.partial(
-            Report,
-            device_id=self.config.device_id,
-            revision=desired.revision,
-            model=label,
-            artifact_sha256=manifest.artifact.sha256,
-        )
-        self._publish(
-            Channel.STATUS, self._status(Phase.DOWNLOADING, desired.revision), retain=True
-        )
-        try:
-            model_path = self._fetch_with_retries(manifest)
-            golden_path = self._fetch_with_retries(manifest, golden=True)
-        except AgentError as exc:
-            log.error("download failed: %s", exc)
-            return outcome(ok=False, phase=Phase.FAILED, verified=False, error=str(exc))
-        self._publish(Channel.STATUS, self._status(Phase.VALIDATING, desired.revision), retain=True)
-        try:
-            session = open_session(model_path, profile)
-            check_io(session, manifest)
-            golden_inputs, golden_outputs = load_golden(golden_path)
-            golden_err = check_golden(session, golden_inputs, golden_outputs, manifest)
-        except GateError as exc:
-            log.error("validation failed: %s", exc)
-            return outcome(ok=False, phase=Phase.FAILED, verified=True, error=str(exc))
-        meter = EnergyMeter(self._sensor)
-        meter.start()
-        measurement = measure(session, golden_inputs, self.config.inferences)
-        energy = meter.stop(cpu_seconds=measurement.cpu_seconds, inferences=measurement.latency.n)
-        rss = peak_rss_mb()
-        size_kb = manifest.artifact.size / 1024
-        budget = {
-            "latency": measurement.latency.p95_ms <= profile.latency_budget_ms,
-            "memory": rss <= profile.memory_budget_mb,
-            "size": profile.model_size_budget_kb is None or size_kb <= profile.model_size_budget_kb,
+    def _on_report(self, report: Report) -> None:
+        self._enqueue(Channel.REPORT, report)
+
+    def _operator_rollback(self) -> dict:
+        record = self.updater.operator_rollback()
+        return {
+            "state": record.state.value,
+            "running": record.committed.label if record.committed else None,
+            "reason": record.reason,
         }
-        self._session = session
-        log.info(
-            "running %s: p50 %.3f ms, p95 %.3f ms, peak RSS %.1f MB",
-            label,
-            measurement.latency.p50_ms,
-            measurement.latency.p95_ms,
-            rss,
-        )
-        return outcome(
-            ok=True,
-            phase=Phase.RUNNING,
-            verified=True,
-            golden_max_abs_err=golden_err,
-            latency=measurement.latency,
-            peak_rss_mb=rss,
-            energy=energy,
-            within_budget=all(budget.values()),
-            budget_detail=budget,
-        )
 
-    def _fetch_with_retries(self, manifest: ModelManifest, golden: bool = False) -> Path:
-        ref = manifest.golden if golden else manifest.artifact
-        delay = 0.5
-        for attempt in range(1, FETCH_ATTEMPTS + 1):
-            try:
-                return fetch(ref, self.workdir / "blobs", self._http)
-            except TransportError as exc:
-                if attempt == FETCH_ATTEMPTS or self._stop.is_set():
-                    raise
-                log.warning("attempt %d: %s; retrying in %.1fs", attempt, exc, delay)
-                self._stop.wait(delay)
-                delay *= 2
-            except ArtifactError:
-                raise
-        raise AssertionError("unreachable")
-
-    # ------------------------------------------------------------------ telemetry and state
+    # ------------------------------------------------------------------ telemetry
 
     def _telemetry_loop(self) -> None:
+        since = time.monotonic()
         while not self._stop.wait(self.config.telemetry_interval_s):
-            report = self._last_report
-            running = report if report is not None and report.ok else None
-            self._publish(
-                Channel.TELEMETRY,
-                Telemetry(
-                    device_id=self.config.device_id,
-                    model=running.model if running else None,
-                    latency=running.latency if running else None,
-                    rss_mb=self._process.memory_info().rss / 2**20,
-                    cpu_percent=self._process.cpu_percent(),
-                    energy=running.energy if running else None,
-                ),
-            )
+            try:
+                self._enqueue(Channel.TELEMETRY, self._telemetry(since))
+            except Exception:  # telemetry must never take the agent down
+                log.exception("telemetry sample failed")
+            since = time.monotonic()
+
+    def _telemetry(self, since: float) -> Telemetry:
+        window = self.host.window(since)
+        record = self.updater.record
+        measured = record.measured if record.state == Phase.COMMITTED else None
+        latency = window.latency
+        source: Literal["live", "validation"] = "live"
+        if latency is None and measured is not None:
+            latency, source = measured.latency, "validation"
+        self._telemetry_seq += 1
+        model = self.host.model
+        return Telemetry(
+            device_id=self.config.device_id,
+            model=model.label if model else None,
+            latency=latency,
+            latency_source=source if latency is not None else None,
+            inferences_per_s=window.per_second,
+            rss_mb=self._process.memory_info().rss / 2**20,
+            cpu_percent=self._process.cpu_percent(),
+            temperature_c=read_temperature_c(),
+            energy=measured.energy if measured else None,
+            seq=self._telemetry_seq,
+            buffered=len(self.outbox),
+            dropped=self.outbox.dropped,
+        )
+
+    def _last_seq(self) -> int:
+        """Continue the telemetry counter across restarts (it lives in the outbox's meta)."""
+        return self.outbox.counter("telemetry_seq")
+
+    # ------------------------------------------------------------------ publishing
+
+    def _enqueue(self, channel: Channel, message: BaseModel) -> None:
+        if channel == Channel.TELEMETRY:
+            self.outbox.set_counter("telemetry_seq", self._telemetry_seq)
+        self.outbox.put(self._topic(channel), encode(message), qos=1)
+        self.publisher.wake()
 
     def _status(
-        self, phase: Phase, revision: int | None = None, detail: str = "", online: bool = True
+        self, phase: Phase, record: UpdateRecord | None = None, online: bool = True
     ) -> Status:
+        record = record or self.updater.record
         return Status(
             device_id=self.config.device_id,
             online=online,
             phase=phase,
-            revision=revision if revision is not None else self.state.get("revision"),
-            detail=detail,
+            revision=record.revision,
+            detail=record.reason or "",
         )
 
-    def _publish(self, channel: Channel, message: BaseModel, retain: bool = False) -> None:
-        self.client.publish(self._topic(channel), encode(message), qos=1, retain=retain)
+    def _publish_status(self, status: Status) -> None:
+        """Status is state, not history: retained, latest wins, re-sent on every connect."""
+        if self.client.is_connected():
+            self.client.publish(self._topic(Channel.STATUS), encode(status), qos=1, retain=True)
 
     def _topic(self, channel: Channel) -> str:
         return topic(self.config.device_id, channel)
-
-    def _load_state(self) -> dict:
-        try:
-            return json.loads(self.state_path.read_text())
-        except FileNotFoundError:
-            return {}
-        except (OSError, json.JSONDecodeError) as exc:
-            log.warning("ignoring unreadable state file %s: %s", self.state_path, exc)
-            return {}
-
-    def _save_state(self, **state: object) -> None:
-        self.state = {"schema": 1, **state}
-        write_atomic(self.state_path, json.dumps(self.state, default=str).encode())

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import requests
@@ -16,7 +17,9 @@ import requests
 from .errors import ArtifactError, TransportError
 from .protocol import FileRef
 
-CHUNK_BYTES = 64 * 1024
+CHUNK_BYTES = 256 * 1024
+"""Read size: 64 KiB kept the agent at ~80% of curl's loopback throughput, 256 KiB matches it;
+a download cut by a kill re-sends at most this much."""
 TIMEOUT_S = (5.0, 30.0)
 
 
@@ -28,8 +31,15 @@ def _hash_file(path: Path) -> hashlib._Hash:
     return digest
 
 
-def fetch(ref: FileRef, blob_dir: Path, session: requests.Session | None = None) -> Path:
+def fetch(
+    ref: FileRef,
+    blob_dir: Path,
+    session: requests.Session | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> Path:
     """Return the local path of ``ref``, downloading and verifying it if needed.
+
+    ``progress`` is called with the bytes held so far after each chunk is written.
 
     Raises:
         TransportError: the server is unreachable, answers with an error status, or the
@@ -50,7 +60,7 @@ def fetch(ref: FileRef, blob_dir: Path, session: requests.Session | None = None)
         have = 0
     digest = _hash_file(part) if have else hashlib.sha256()
     if have < ref.size:
-        have, digest = _download(ref, part, have, digest, session or requests.Session())
+        have, digest = _download(ref, part, have, digest, session or requests.Session(), progress)
     if have < ref.size:
         raise TransportError(
             f"{ref.url}: connection ended after {have} of {ref.size} bytes; will resume"
@@ -67,7 +77,12 @@ def fetch(ref: FileRef, blob_dir: Path, session: requests.Session | None = None)
 
 
 def _download(
-    ref: FileRef, part: Path, have: int, digest: hashlib._Hash, http: requests.Session
+    ref: FileRef,
+    part: Path,
+    have: int,
+    digest: hashlib._Hash,
+    http: requests.Session,
+    progress: Callable[[int], None] | None,
 ) -> tuple[int, hashlib._Hash]:
     headers = {"Range": f"bytes={have}-"} if have else {}
     try:
@@ -83,6 +98,8 @@ def _download(
                         break
                     digest.update(chunk)
                     out.write(chunk)
+                    if progress is not None:
+                        progress(have)
                 out.flush()
                 os.fsync(out.fileno())
     except requests.RequestException as exc:

@@ -70,13 +70,21 @@ class Channel(StrEnum):
 
 
 class Phase(StrEnum):
-    """Where a device is in applying its desired state. Same words in logs, DB and docs."""
+    """Where a device is in applying its desired state.
+
+    The agent's update state machine (``agent/states.py``) uses these words as its states;
+    the state file, MQTT status and reports, the server's database, logs and docs use the
+    same ones. ``offline`` is only ever set by the broker (the last-will), never by the agent.
+    """
 
     IDLE = "idle"
     DOWNLOADING = "downloading"
     VERIFYING = "verifying"
     VALIDATING = "validating"
-    RUNNING = "running"
+    ACTIVATING = "activating"
+    PROBATION = "probation"
+    COMMITTED = "committed"
+    ROLLED_BACK = "rolled_back"
     FAILED = "failed"
     OFFLINE = "offline"
 
@@ -136,6 +144,14 @@ class ModelManifest(_Strict):
     golden_rtol: float = Field(default=1e-3, ge=0)
     accuracy: float | None = None
     size_bytes: int | None = None
+    agreement_metric: Literal["argmax", "cosine"] = Field(
+        default="argmax",
+        description="how probation compares the new model with the previous one on live inputs: "
+        "`argmax` (same top class) or `cosine` (embeddings, regression)",
+    )
+    min_agreement: float = Field(
+        default=0.9, ge=0, le=1, description="probation rolls back below this agreement"
+    )
 
 
 class LatencyStats(_Strict):
@@ -207,6 +223,15 @@ class Report(_Message):
     within_budget: bool | None = None
     budget_detail: dict[str, bool] = Field(default_factory=dict)
     error: str | None = None
+    gate: str | None = Field(
+        default=None,
+        description="the validation gate or probation check that refused the model, if any",
+    )
+    running: str | None = Field(
+        default=None, description="`name:version` serving after this update (None: no model)"
+    )
+    providers: list[str] = Field(default_factory=list)
+    agreement: float | None = Field(default=None, description="probation shadow agreement")
 
 
 class Telemetry(_Message):
@@ -218,6 +243,18 @@ class Telemetry(_Message):
     cpu_percent: float | None = Field(default=None, ge=0)
     temperature_c: float | None = None
     energy: Energy | None = None
+    seq: int | None = Field(
+        default=None, ge=0, description="per-device counter; gaps mean dropped messages"
+    )
+    latency_source: Literal["live", "validation"] | None = Field(
+        default=None,
+        description="`live`: requests served by the local endpoint in this interval; "
+        "`validation`: no traffic, the figures of the last validation run",
+    )
+    buffered: int | None = Field(default=None, ge=0, description="messages waiting offline")
+    dropped: int | None = Field(
+        default=None, ge=0, description="messages dropped from the full offline buffer so far"
+    )
 
 
 Message = Annotated[Hello | Status | Desired | Report | Telemetry, Field(discriminator="type")]

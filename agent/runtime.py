@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from .errors import GateError
 from .protocol import DeviceProfile, LatencyStats
+from .validate import Golden, classify_load_error
 
 
 def providers_for(profile: DeviceProfile) -> list[str]:
@@ -31,7 +31,8 @@ def open_session(model_path: Path, profile: DeviceProfile) -> ort.InferenceSessi
     """Load ``model_path`` with the profile's thread count.
 
     Raises:
-        GateError("loads"): onnxruntime refuses the file (corrupt, unsupported opset or op).
+        GateError("opset" or "loads"): onnxruntime refuses the file (unsupported opset or
+            IR version; corrupt file or unknown op).
     """
     options = ort.SessionOptions()
     options.intra_op_num_threads = profile.cpu_threads
@@ -42,7 +43,7 @@ def open_session(model_path: Path, profile: DeviceProfile) -> ort.InferenceSessi
             str(model_path), sess_options=options, providers=providers_for(profile)
         )
     except Exception as exc:  # onnxruntime raises bare RuntimeError/Fail subclasses
-        raise GateError("loads", f"onnxruntime cannot load {model_path.name}: {exc}") from exc
+        raise classify_load_error(model_path, exc) from exc
 
 
 @dataclass(frozen=True)
@@ -63,20 +64,19 @@ def latency_stats(samples_ms: np.ndarray) -> LatencyStats:
     )
 
 
-def measure(session: ort.InferenceSession, inputs: np.ndarray, runs: int) -> Measurement:
-    """Run ``runs`` batch-1 inferences, cycling through ``inputs`` (real samples).
+def measure(session: ort.InferenceSession, golden: Golden, runs: int) -> Measurement:
+    """Run ``runs`` batch-1 inferences, cycling through the golden samples (real inputs).
 
     One warm-up call is excluded: the first run pays for memory-arena growth, which would
     otherwise land in p99.
     """
-    input_name = session.get_inputs()[0].name
-    samples = [inputs[i : i + 1] for i in range(len(inputs))]
-    session.run(None, {input_name: samples[0]})
+    samples = [golden.sample(i) for i in range(golden.count)]
+    session.run(None, samples[0])
     times_ms = np.empty(runs)
     cpu_start, wall_start = time.process_time(), time.perf_counter()
     for i in range(runs):
         start = time.perf_counter_ns()
-        session.run(None, {input_name: samples[i % len(samples)]})
+        session.run(None, samples[i % len(samples)])
         times_ms[i] = (time.perf_counter_ns() - start) / 1e6
     return Measurement(
         latency=latency_stats(times_ms),
@@ -99,3 +99,22 @@ def peak_rss_mb() -> float:
     except OSError:
         pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def release_free_memory() -> None:
+    """Hand freed heap pages back to the OS (glibc ``malloc_trim``; a no-op elsewhere).
+
+    Validation, measurement and probation load and drop whole sessions; glibc keeps those
+    pages in its per-thread arenas, so an idle agent would carry the peak of its last update
+    as resident memory. Trimming after an update settles returns them.
+    """
+    import ctypes
+    import ctypes.util
+
+    name = ctypes.util.find_library("c")
+    if not name:
+        return
+    try:
+        ctypes.CDLL(name).malloc_trim(0)
+    except (OSError, AttributeError):
+        pass

@@ -89,6 +89,7 @@ def built_model(
         peak_rss_mb=chosen.peak_rss_mb,
         output_max_abs_err=chosen.output_max_abs_err,
         weight_error={k: v for k, v in chosen.notes.items() if k.startswith("weight_")},
+        agreement_metric="argmax" if task.kind == "classification" else "cosine",
     )
     return BuiltModel(name, version, model_path, golden_path, inputs, outputs, report)
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -39,6 +40,10 @@ class ModelReport(BaseModel):
     peak_rss_mb: float | None = Field(default=None, ge=0, description="model process, host")
     output_max_abs_err: float | None = Field(default=None, description="vs fp32, eval set")
     weight_error: dict[str, float] = Field(default_factory=dict, description="weight MSE/max")
+    agreement_metric: Literal["argmax", "cosine"] = Field(
+        default="argmax",
+        description="how a device's probation compares this model with its predecessor",
+    )
 
 
 @dataclass(frozen=True)

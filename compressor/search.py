@@ -311,6 +311,10 @@ class Search:
             eligible.append(trial)
         sign = 1 if self.task.higher_is_better else -1
         if eligible:
+            # Ties on the metric are broken by the paired speed-up, which can disagree with the
+            # separately timed p50 the front uses; pick from the front so the two never clash.
+            front = pareto_front(candidates, self.task.higher_is_better)
+            eligible = [t for t in eligible if any(t is f for f in front)] or eligible
             if self.recipe.search.objective == "size":
                 best = min(eligible, key=lambda t: (t.size_bytes or 0, -sign * (t.metric or 0)))
                 goal = "smallest"

@@ -131,7 +131,49 @@ def bench_compress(args: Any) -> list[Figure]:
     ] + [Figure(name, None, GOALS[name][0], GOALS[name][1], met=False) for name in missing]
 
 
+def bench_agent(args: Any) -> list[Figure]:
+    """The device agent: footprint, transfer, endpoint, kill -9 campaign, broker outage."""
+    import shutil
+
+    from .agentbench import footprint, kill9_campaign, outage_campaign
+
+    root = args.workdir / "bench-agent"
+    shutil.rmtree(root, ignore_errors=True)
+    console = Console(width=None if sys.stdout.isatty() else 200)
+    console.print("[bold]agent footprint, download, resume and endpoint[/]")
+    foot = footprint(root / "footprint")
+    runs = getattr(args, "runs", None) or 200
+    console.print(f"[bold]kill -9 at {runs} random moments of updates[/]")
+    kills = kill9_campaign(root / "kill9", runs, progress=True)
+    outage_s = getattr(args, "outage", None) or 60.0
+    console.print(f"[bold]broker stopped for {outage_s:.0f} s while telemetry flows[/]")
+    outage = outage_campaign(root / "outage", outage_s)
+    args.extra = {
+        "footprint": foot.__dict__,
+        "kill9": kills.__dict__,
+        "outage": outage.__dict__,
+    }
+    return [
+        Figure("agent.idle_rss_mb", round(foot.idle_rss_mb, 1), "MB", ""),
+        Figure("agent.bare_runtime_rss_mb", round(foot.bare_rss_mb, 1), "MB", ""),
+        Figure(
+            "agent.idle_rss_ratio", round(foot.idle_rss_mb / foot.bare_rss_mb, 3), "x", "<= 1.15"
+        ),
+        Figure("agent.import_s", round(foot.import_s, 3), "s", "<= 1"),
+        Figure("agent.download_vs_curl", round(foot.curl_s / foot.download_s, 3), "x", ">= 0.8"),
+        Figure("agent.resume_resent_bytes", foot.resume_resent_bytes, "bytes", "<= 65536"),
+        Figure("agent.resume_used_range", int(foot.resumed_with_range), "bool", ">= 1"),
+        Figure("agent.endpoint_overhead_ms", round(foot.endpoint_ms - foot.direct_ms, 3), "ms", ""),
+        Figure("agent.kill9_consistent", kills.consistent, "runs", f">= {kills.runs}"),
+        Figure("agent.kill9_runs", kills.runs, "runs", f">= {runs}"),
+        Figure("agent.outage_lost", outage.lost, "messages", "<= 0"),
+        Figure("agent.outage_out_of_order", outage.out_of_order, "messages", "<= 0"),
+        Figure("agent.outage_produced", outage.produced, "messages", ""),
+    ]
+
+
 BENCHES: dict[str, Callable[[Any], list[Figure]]] = {
     "demo": bench_demo,
     "compress": bench_compress,
+    "agent": bench_agent,
 }

@@ -92,7 +92,7 @@ class Fleet:
                 )
             )
             device.phase = report.phase.value
-            device.current_model = report.model if report.ok else device.current_model
+            device.current_model = report.running
             device.last_seen = datetime.now(UTC)
         log.info("report from %s: %s ok=%s", report.device_id, report.model, report.ok)
 
@@ -220,6 +220,7 @@ class Fleet:
             golden_rtol=model.golden_rtol,
             accuracy=model.report.get("accuracy"),
             size_bytes=model.report.get("size_bytes"),
+            agreement_metric=model.report.get("agreement_metric", "argmax"),
         )
 
     # ------------------------------------------------------------------ queries

@@ -45,6 +45,14 @@ class ManagedProcess:
         self._log.close()
         return self.process.returncode
 
+    def kill(self) -> int:
+        """SIGKILL: no handler runs, nothing is flushed (a power cut, as the process sees it)."""
+        if self.alive():
+            self.process.kill()
+            self.process.wait()
+        self._log.close()
+        return self.process.returncode
+
     def log_tail(self, lines: int = 20) -> str:
         return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
 
@@ -91,8 +99,11 @@ class AgentProcess(ManagedProcess):
         *,
         inferences: int = 200,
         telemetry_interval_s: float = 5.0,
+        probation_s: float = 1.0,
+        endpoint_port: int = 0,
     ) -> None:
         self.device_id = device_id
+        self.workdir = workdir / "devices" / device_id
         argv = [
             sys.executable,
             "-m",
@@ -110,5 +121,9 @@ class AgentProcess(ManagedProcess):
             str(inferences),
             "--telemetry-interval",
             str(telemetry_interval_s),
+            "--probation",
+            str(probation_s),
+            "--endpoint-port",
+            str(endpoint_port),
         ]
         super().__init__(device_id, argv, workdir / "logs" / f"agent-{device_id}.log")

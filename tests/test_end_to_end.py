@@ -78,7 +78,7 @@ def test_two_devices_run_the_models_the_server_published_for_their_profiles(
             assert report["ok"] and report["verified"], report
             assert report["artifact_sha256"] == published[row["desired_model"]]
             assert report["model"] == row["desired_model"]
-            assert report["phase"] == "running"
+            assert report["phase"] == "committed"
             assert row["desired_revision"] == 2, (
                 "one revision for 'no model yet', one for the model"
             )
@@ -122,7 +122,8 @@ def test_two_devices_run_the_models_the_server_published_for_their_profiles(
         agents[0].stop()
         wait_until(
             lambda: not {r["device_id"]: r for r in client.fleet()}["roomy-01"]["online"],
-            10, "the stopped device to show offline",
+            10,
+            "the stopped device to show offline",
         )
     finally:
         for agent in agents:

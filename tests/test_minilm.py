@@ -117,9 +117,12 @@ def test_embedding_figures_see_reordered_neighbours() -> None:
 def test_slicing_keeps_shapes_and_full_width_is_exact(teacher: minilm.SentenceEncoder) -> None:
     tokens = minilm.tokenize(SAMPLE, pad_to_max=False)
     full = minilm.slice_ffn(teacher, teacher.bert.config.intermediate_size, importance=None)
-    assert np.abs(
-        minilm.torch_embeddings(full, tokens) - minilm.torch_embeddings(teacher, tokens)
-    ).max() < 1e-5
+    assert (
+        np.abs(
+            minilm.torch_embeddings(full, tokens) - minilm.torch_embeddings(teacher, tokens)
+        ).max()
+        < 1e-5
+    )
     half = minilm.slice_ffn(teacher, 768, importance=None)
     layer = half.bert.encoder.layer[0]
     assert layer.intermediate.dense.weight.shape == (768, 384)

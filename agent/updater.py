@@ -1,0 +1,480 @@
+"""The update flow's steps: what each state of :mod:`edgeloop.agent.states` does.
+
+Each step is a method named for its state that returns an :class:`Event` (or None when the
+agent is stopping mid-step: the state stays persisted and is resumed on the next start).
+:meth:`Updater._transition` persists the next record *before* the next step runs, and
+settles the resting states (which model serves, which report goes out) idempotently, so
+running a settle twice after a crash changes nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import shutil
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import requests
+
+from .config import AgentConfig
+from .errors import AgentError, ArtifactError, GateError, TransportError
+from .fetch import fetch
+from .host import LoadedModel, ModelHost
+from .protocol import Desired, FileRef, ModelManifest, Phase, Report
+from .runtime import measure, open_session, peak_rss_mb, release_free_memory
+from .sensors import EnergyMeter, find_sensor
+from .slots import SlotContents, Slots, sha256_file
+from .states import (
+    TERMINAL,
+    Event,
+    Measured,
+    Slot,
+    SlotModel,
+    StateStore,
+    UpdateRecord,
+    next_state,
+    resume,
+)
+from .validate import check_budgets, check_golden, check_io, check_size, load_golden
+
+log = logging.getLogger("edgeloop.agent.updater")
+
+DISK_MARGIN_BYTES = 16 * 2**20
+"""Free space kept beyond the download itself: the state file, logs and the outbox need room."""
+
+
+@dataclass
+class Hooks:
+    """How the updater tells the rest of the agent what happened (MQTT lives elsewhere)."""
+
+    on_state: Callable[[UpdateRecord], None] = lambda record: None
+    on_report: Callable[[Report], None] = lambda report: None
+
+
+class Updater:
+    def __init__(self, config: AgentConfig, host: ModelHost, hooks: Hooks | None = None) -> None:
+        self.config = config
+        self.host = host
+        self.hooks = hooks or Hooks()
+        workdir = config.workdir
+        workdir.mkdir(parents=True, exist_ok=True)
+        self.blobs = workdir / "blobs"
+        self.store = StateStore(workdir / "state.json")
+        self.slots = Slots(workdir)
+        self.record = self.store.load()
+        self.stopping = threading.Event()
+        self.rollback_requested = threading.Event()
+        self._http = requests.Session()
+        self._sensor = find_sensor()
+        self._validated: LoadedModel | None = None
+        self._lock = threading.RLock()
+
+    # ------------------------------------------------------------------ entry points
+
+    def start(self) -> None:
+        """Recover from whatever the last run left on disk; serve the model that is safe.
+
+        Resting states are settled again (idempotent); an interrupted update is resumed where
+        it stopped, or abandoned if it kept killing the agent.
+        """
+        with self._lock:
+            self.slots.clean()
+            record, event = resume(self.record)
+            if record.state not in TERMINAL:
+                log.warning(
+                    "resuming %s of revision %s (restart %d)",
+                    record.state,
+                    record.revision,
+                    record.resumes,
+                )
+                self._save(record)
+            if event is not None:
+                self._transition(
+                    event,
+                    reason=f"agent restarted {record.resumes - 1} times during {record.state}",
+                    gate="restarts",
+                )
+            elif record.state in TERMINAL:
+                self._settle()
+            elif record.state == Phase.PROBATION:
+                self._serve(self.record.candidate)
+            else:
+                self._serve(self.record.committed)
+
+    def apply(self, desired: Desired) -> None:
+        """Bring the device to ``desired`` (called for every desired message received)."""
+        with self._lock:
+            if self.record.state not in TERMINAL:
+                self.run()
+            if desired.revision == self.record.revision:
+                log.info("revision %d already handled (%s)", desired.revision, self.record.state)
+                return
+            if desired.model is None:
+                self._transition(
+                    Event.CLEARED,
+                    revision=desired.revision,
+                    desired=desired,
+                    previous=self.record.committed or self.record.previous,
+                    committed=None,
+                    candidate=None,
+                    reason=None,
+                    gate=None,
+                )
+                return
+            manifest = desired.model
+            committed = self.record.committed
+            target = committed.slot.other if committed else Slot.A
+            if self.slots.active() == target:  # e.g. after "run nothing" pointed elsewhere
+                target = target.other
+            self._transition(
+                Event.NEW_REVISION,
+                revision=desired.revision,
+                desired=desired,
+                candidate=SlotModel(
+                    slot=target,
+                    label=f"{manifest.name}:{manifest.version}",
+                    sha256=manifest.artifact.sha256,
+                    revision=desired.revision,
+                ),
+                reason=None,
+                gate=None,
+                measured=None,
+                agreement=None,
+            )
+            self.run()
+
+    def run(self) -> None:
+        """Run steps until a resting state (or until the agent stops mid-update)."""
+        with self._lock:
+            while self.record.state not in TERMINAL and not self.stopping.is_set():
+                step = getattr(self, f"_step_{self.record.state.value}")
+                event = step()
+                if event is None:
+                    return
+                self._transition(event)
+
+    def operator_rollback(self) -> UpdateRecord:
+        """Go back to the previous committed model (``edgeloop-agent rollback``).
+
+        During probation the probation step notices the request and rolls back; when
+        committed, the previous model becomes the committed one again.
+
+        Raises:
+            AgentError: there is no previous committed model to go back to.
+        """
+        if self.record.state == Phase.PROBATION:
+            self.rollback_requested.set()
+            deadline = time.monotonic() + 30
+            while self.record.state == Phase.PROBATION and time.monotonic() < deadline:
+                time.sleep(0.05)
+            return self.record
+        with self._lock:
+            record = self.record
+            if record.state != Phase.COMMITTED or record.previous is None:
+                raise AgentError(
+                    f"nothing to roll back to: state {record.state}, previous model "
+                    f"{record.previous.label if record.previous else 'none'}"
+                )
+            self._transition(
+                Event.OPERATOR_ROLLBACK,
+                candidate=record.committed,
+                committed=record.previous,
+                previous=None,
+                reason="operator rollback",
+                gate="operator",
+            )
+            return self.record
+
+    # ------------------------------------------------------------------ steps
+
+    def _step_downloading(self) -> Event | None:
+        manifest = self._manifest()
+        try:
+            check_size(manifest, self._desired().profile)
+        except GateError as exc:
+            return self._fail(Event.REJECTED, exc.gate, str(exc))
+        needed = sum(ref.size for ref in (manifest.artifact, manifest.golden))
+        free = shutil.disk_usage(self.config.workdir).free
+        if free < needed + DISK_MARGIN_BYTES:
+            return self._fail(
+                Event.DOWNLOAD_FAILED,
+                "disk",
+                f"{free / 2**20:.1f} MB free, the download needs {needed / 2**20:.1f} MB "
+                f"plus {DISK_MARGIN_BYTES / 2**20:.0f} MB margin",
+            )
+        try:
+            for ref in (manifest.artifact, manifest.golden):
+                self._fetch(ref)
+        except ArtifactError as exc:
+            return self._fail(Event.CORRUPT, "verify", str(exc))
+        except TransportError as exc:
+            return (
+                None
+                if self.stopping.is_set()
+                else self._fail(Event.DOWNLOAD_FAILED, "download", str(exc))
+            )
+        return Event.DOWNLOADED
+
+    def _step_verifying(self) -> Event | None:
+        manifest = self._manifest()
+        for ref in (manifest.artifact, manifest.golden):
+            path = self.blobs / ref.sha256
+            if not path.exists() or path.stat().st_size != ref.size:
+                return self._fail(Event.CORRUPT, "verify", f"{path.name} is missing or truncated")
+            if sha256_file(path) != ref.sha256:
+                path.unlink()
+                return self._fail(Event.CORRUPT, "verify", f"{ref.url}: SHA-256 mismatch on disk")
+        candidate = self._candidate()
+        self.slots.install(
+            candidate.slot,
+            self.blobs / manifest.artifact.sha256,
+            self.blobs / manifest.golden.sha256,
+            manifest,
+        )
+        return Event.VERIFIED
+
+    def _step_validating(self) -> Event | None:
+        manifest = self._manifest()
+        profile = self._desired().profile
+        contents = self.slots.contents(self._candidate().slot, verify=False)
+        try:
+            session = open_session(contents.model_path, profile)
+            check_io(session, manifest)
+            golden = load_golden(contents.golden_path, [i.name for i in session.get_inputs()])
+            golden_err = check_golden(session, golden, manifest)
+            meter = EnergyMeter(self._sensor)
+            meter.start()
+            measurement = measure(session, golden, self.config.inferences)
+            energy = meter.stop(
+                cpu_seconds=measurement.cpu_seconds, inferences=measurement.latency.n
+            )
+            rss = peak_rss_mb()
+            check_budgets(measurement.latency, rss, profile)
+        except GateError as exc:
+            log.error("validation refused %s: %s", contents.label, exc)
+            return self._fail(Event.REJECTED, exc.gate, str(exc))
+        self._validated = LoadedModel.of(contents.label, session, manifest)
+        self.record = self.record.model_copy(
+            update={
+                "measured": Measured(
+                    golden_max_abs_err=golden_err,
+                    latency=measurement.latency,
+                    peak_rss_mb=rss,
+                    energy=energy,
+                    providers=session.get_providers(),
+                )
+            }
+        )
+        log.info(
+            "%s passed every gate: p95 %.3f ms, peak RSS %.1f MB",
+            contents.label,
+            measurement.latency.p95_ms,
+            rss,
+        )
+        return Event.PASSED
+
+    def _step_activating(self) -> Event | None:
+        candidate = self._candidate()
+        try:
+            loaded = self._load(candidate)
+        except AgentError as exc:
+            return self._fail(Event.ACTIVATION_FAILED, "activate", str(exc))
+        self.slots.point_to(candidate.slot)
+        self.host.swap(loaded)
+        return Event.ACTIVATED
+
+    def _step_probation(self) -> Event | None:
+        """Watch live traffic for the window; shadow-run the previous model on a sample.
+
+        Without live requests the golden inputs serve as traffic, so a device nobody calls
+        yet still compares the two models before committing.
+        """
+        manifest = self._manifest()
+        profile = self._desired().profile
+        if self.host.model is None or self.host.model.manifest != manifest:
+            self._serve(self._candidate())
+        previous = self._previous_loaded()
+        if previous is not None:
+            self.host.start_shadow(
+                previous, manifest.agreement_metric, every=self.config.shadow_every
+            )
+        since = time.monotonic()
+        try:
+            golden = load_golden(
+                self.slots.contents(self._candidate().slot, verify=False).golden_path,
+                list(self.host.model.input_names) if self.host.model else [],
+            )
+            for index in range(golden.count):
+                self.host.infer(golden.sample(index))
+        except AgentError as exc:
+            self.host.stop_shadow()
+            return self._fail(Event.BREACH, "errors", f"probe inference failed: {exc}")
+        deadline = since + self.config.probation_s
+        while time.monotonic() < deadline:
+            if self.rollback_requested.is_set():
+                self.rollback_requested.clear()
+                self.host.stop_shadow()
+                return self._fail(Event.OPERATOR_ROLLBACK, "operator", "operator rollback")
+            if self.stopping.wait(0.05):
+                self.host.stop_shadow()
+                return None
+        window = self.host.window(since)
+        compared, agreement = self.host.stop_shadow()
+        self.record = self.record.model_copy(update={"agreement": agreement})
+        if window.error_rate > self.config.max_error_rate:
+            return self._fail(
+                Event.BREACH,
+                "errors",
+                f"{window.errors} of {window.requests} requests failed in probation",
+            )
+        budget = profile.latency_budget_ms * self.config.probation_latency_factor
+        if window.latency is not None and window.latency.p95_ms > budget:
+            return self._fail(
+                Event.BREACH,
+                "latency",
+                f"live p95 {window.latency.p95_ms:.3f} ms over {budget:.3f} ms in probation",
+            )
+        if agreement is not None and agreement < manifest.min_agreement:
+            return self._fail(
+                Event.BREACH,
+                "agreement",
+                f"agrees with the previous model on {agreement:.3f} of {compared} shadow "
+                f"samples ({manifest.agreement_metric}), below {manifest.min_agreement}",
+            )
+        return Event.HEALTHY
+
+    # ------------------------------------------------------------------ transitions
+
+    def _transition(self, event: Event, **changes: object) -> None:
+        state = next_state(self.record.state, event)
+        if state == Phase.COMMITTED and event == Event.HEALTHY:
+            changes = {
+                "committed": self.record.candidate,
+                "previous": self.record.committed,
+                **changes,
+            }
+        record = self.record.enter(state, **changes)
+        self._save(record)
+        log.info("%s -> %s on %s", event.value, state, record.revision)
+        if state in TERMINAL:
+            self._settle()
+
+    def _save(self, record: UpdateRecord) -> None:
+        self.store.save(record)
+        self.record = record
+        self.hooks.on_state(record)
+
+    def _settle(self) -> None:
+        """Make disk and memory match the resting state's record; report once."""
+        record = self.record
+        self.host.stop_shadow()
+        self.slots.point_to(record.committed.slot if record.committed else None)
+        self._serve(record.committed)
+        self._validated = None
+        if self.blobs.exists():
+            shutil.rmtree(self.blobs, ignore_errors=True)
+        release_free_memory()
+        if not record.reported and record.candidate is not None:
+            self.hooks.on_report(self._report())
+            self._save(record.model_copy(update={"reported": True}))
+
+    def _fail(self, event: Event, gate: str, reason: str) -> Event:
+        self.record = self.record.model_copy(update={"gate": gate, "reason": reason})
+        log.error("%s: %s", gate, reason)
+        return event
+
+    # ------------------------------------------------------------------ helpers
+
+    def _report(self) -> Report:
+        record = self.record
+        candidate = record.candidate
+        assert candidate is not None
+        measured = record.measured
+        ok = record.state == Phase.COMMITTED and record.gate is None
+        budget = {"latency": True, "memory": True, "size": True} if measured else {}
+        if record.gate in budget:
+            budget[record.gate] = False
+        return Report(
+            device_id=self.config.device_id,
+            revision=record.revision or 0,
+            model=candidate.label,
+            artifact_sha256=candidate.sha256,
+            ok=ok,
+            phase=record.state,
+            verified=record.gate not in ("verify", "download", "disk", "size"),
+            golden_max_abs_err=measured.golden_max_abs_err if measured else None,
+            latency=measured.latency if measured else None,
+            peak_rss_mb=measured.peak_rss_mb if measured else None,
+            energy=measured.energy if measured else None,
+            within_budget=(record.gate not in ("latency", "memory", "size")) if measured else None,
+            budget_detail=budget,
+            error=record.reason,
+            gate=record.gate,
+            running=record.committed.label if record.committed else None,
+            providers=measured.providers if measured else [],
+            agreement=record.agreement,
+        )
+
+    def _serve(self, model: SlotModel | None) -> None:
+        current = self.host.model
+        if model is None:
+            self.host.swap(None)
+            return
+        if current is not None and current.manifest.artifact.sha256 == model.sha256:
+            return
+        try:
+            self.host.swap(self._load(model))
+        except AgentError as exc:
+            log.error("cannot serve %s from slot %s: %s", model.label, model.slot, exc)
+            self.host.swap(None)
+
+    def _load(self, model: SlotModel) -> LoadedModel:
+        validated = self._validated
+        if validated is not None and validated.manifest.artifact.sha256 == model.sha256:
+            return validated
+        contents: SlotContents = self.slots.contents(model.slot)
+        profile = self._desired().profile if self.record.desired else self.config.profile
+        session = open_session(contents.model_path, profile)
+        return LoadedModel.of(contents.label, session, contents.manifest)
+
+    def _previous_loaded(self) -> LoadedModel | None:
+        committed = self.record.committed
+        if committed is None:
+            return None
+        try:
+            return self._load(committed)
+        except AgentError as exc:
+            log.warning("no shadow: previous model %s unavailable: %s", committed.label, exc)
+            return None
+
+    def _fetch(self, ref: FileRef) -> Path:
+        """Download with retries: capped exponential backoff with full jitter."""
+        attempts = self.config.download_attempts
+        for attempt in range(1, attempts + 1):
+            try:
+                return fetch(ref, self.blobs, self._http)
+            except TransportError as exc:
+                if attempt == attempts or self.stopping.is_set():
+                    raise
+                delay = random.uniform(0, min(30.0, 0.5 * 2**attempt))
+                log.warning("download attempt %d: %s; retrying in %.1f s", attempt, exc, delay)
+                if self.stopping.wait(delay):
+                    raise
+        raise AssertionError("unreachable")
+
+    def _desired(self) -> Desired:
+        assert self.record.desired is not None, "an update without a desired state"
+        return self.record.desired
+
+    def _manifest(self) -> ModelManifest:
+        manifest = self._desired().model
+        assert manifest is not None
+        return manifest
+
+    def _candidate(self) -> SlotModel:
+        assert self.record.candidate is not None
+        return self.record.candidate

@@ -1,0 +1,108 @@
+"""The agent under faults, as real processes: kill -9 mid-update, a broker outage, the CLI.
+
+The full campaigns (200 kills, a 60 s outage) run in ``edgeloop bench agent``; here the same
+harness runs fewer kills so the suite stays quick, and the outage runs at full length.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from edgeloop.server.agentbench import (
+    PROFILE,
+    DesiredPublisher,
+    kill9_campaign,
+    outage_campaign,
+    upload_version,
+    wait_settled,
+)
+from edgeloop.server.broker import Broker, find_mosquitto
+from edgeloop.server.launch import AgentProcess, ServerProcess
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(find_mosquitto() is None, reason="mosquitto is not installed"),
+]
+
+KILL_RUNS = int(os.environ.get("EDGELOOP_KILL9_RUNS", "12"))
+OUTAGE_S = float(os.environ.get("EDGELOOP_OUTAGE_S", "60"))
+
+
+def test_kill_9_at_random_moments_of_updates_always_ends_committed_or_rolled_back(
+    tmp_path: Path,
+) -> None:
+    result = kill9_campaign(tmp_path, KILL_RUNS, seed=1, padding_floats=500_000)
+    assert result.runs == KILL_RUNS
+    assert result.consistent == KILL_RUNS, "\n".join(result.failures)
+    assert set(result.outcomes) <= {"committed", "rolled_back"}
+    assert "rolled_back" in result.outcomes, "every fourth version must fail probation"
+    assert len(result.killed_in) >= 3, f"kills landed in too few states: {result.killed_in}"
+
+
+def test_telemetry_produced_while_the_broker_is_down_arrives_complete_and_in_order(
+    tmp_path: Path,
+) -> None:
+    result = outage_campaign(tmp_path, OUTAGE_S)
+    assert result.produced >= OUTAGE_S / 0.2 * 0.8, result
+    assert result.lost == 0, result
+    assert result.out_of_order == 0, result
+
+
+def agent_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "edgeloop.agent.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def test_status_and_rollback_commands_work_with_and_without_a_running_agent(
+    tmp_path: Path, mosquitto: Broker
+) -> None:
+    import numpy as np
+
+    from edgeloop.server.broker import MosquittoBroker
+
+    device_dir = tmp_path / "devices" / "cli-01"
+    with MosquittoBroker(tmp_path / "server-broker") as server_broker:
+        server = ServerProcess(tmp_path / "server", server_broker.port)
+        planner = DesiredPublisher(mosquitto.port, "cli-01")
+        agent = None
+        try:
+            server.wait_ready()
+            weights = np.random.default_rng(0).normal(size=(64, 10)).astype(np.float32)
+            first = upload_version(server.url, "1", weights, 0)
+            second = upload_version(server.url, "2", weights * 1.01, 0)
+            agent = AgentProcess("cli-01", PROFILE, tmp_path, mosquitto.port, probation_s=0.2)
+            planner.publish(101, first)
+            assert wait_settled(device_dir, 101, 60) == "committed", agent.log_tail()
+            planner.publish(102, second)
+            assert wait_settled(device_dir, 102, 60) == "committed", agent.log_tail()
+
+            shown = agent_cli("status", "--workdir", str(device_dir))
+            assert shown.returncode == 0, shown.stderr
+            assert "committed" in shown.stdout and "linear:2" in shown.stdout
+
+            rolled = agent_cli("rollback", "--workdir", str(device_dir))  # via the endpoint
+            assert rolled.returncode == 0, rolled.stderr
+            assert "serving linear:1" in rolled.stdout
+            again = agent_cli("rollback", "--workdir", str(device_dir))
+            assert again.returncode != 0 and "nothing to roll back to" in again.stderr
+        finally:
+            if agent is not None:
+                agent.stop()
+            planner.close()
+            server.stop()
+
+    record = json.loads(agent_cli("status", "--workdir", str(device_dir), "--json").stdout)
+    assert record["state"] == "rolled_back"
+    assert record["committed"]["label"] == "linear:1"
+    assert record["gate"] == "operator"
+    assert record["active_slot"] == record["committed"]["slot"]
