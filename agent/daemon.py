@@ -40,7 +40,7 @@ from .protocol import (
     encode,
     topic,
 )
-from .sensors import read_temperature_c
+from .sensors import EnergyMeter, find_sensor, read_temperature_c
 from .states import UpdateRecord, write_atomic
 from .updater import Hooks, Updater
 
@@ -62,6 +62,7 @@ class Agent:
         self._process = psutil.Process()
         self._process.cpu_percent()
         self._telemetry_seq = self._last_seq()
+        self._sensor = find_sensor()
         self.client = mqtt.Client(
             mqtt.CallbackAPIVersion.VERSION2,
             client_id=f"edgeloop-agent-{config.device_id}",
@@ -189,20 +190,36 @@ class Agent:
 
     def _telemetry_loop(self) -> None:
         since = time.monotonic()
+        meter = EnergyMeter(self._sensor)
+        meter.start()
+        cpu_before = time.process_time()
         while not self._stop.wait(self.config.telemetry_interval_s):
             try:
-                self._enqueue(Channel.TELEMETRY, self._telemetry(since))
+                cpu_now = time.process_time()
+                self._enqueue(
+                    Channel.TELEMETRY, self._telemetry(since, meter, cpu_now - cpu_before)
+                )
             except Exception:  # telemetry must never take the agent down
                 log.exception("telemetry sample failed")
-            since = time.monotonic()
+            since, cpu_before = time.monotonic(), time.process_time()
+            meter.start()
 
-    def _telemetry(self, since: float) -> Telemetry:
+    def _telemetry(self, since: float, meter: EnergyMeter, cpu_seconds: float) -> Telemetry:
+        """One sample over the interval since ``since``.
+
+        With live traffic, latency and energy per inference are the interval's own (energy
+        from the sensor over the interval, or the CPU-time estimate, divided by the requests
+        served); without, the last validation figures stand in, marked as such.
+        """
         window = self.host.window(since)
         record = self.updater.record
         measured = record.measured if record.state == Phase.COMMITTED else None
         latency = window.latency
         source: Literal["live", "validation"] = "live"
-        if latency is None and measured is not None:
+        energy = measured.energy if measured else None
+        if latency is not None:
+            energy = meter.stop(cpu_seconds=cpu_seconds, inferences=window.requests)
+        elif measured is not None:
             latency, source = measured.latency, "validation"
         self._telemetry_seq += 1
         model = self.host.model
@@ -215,7 +232,7 @@ class Agent:
             rss_mb=self._process.memory_info().rss / 2**20,
             cpu_percent=self._process.cpu_percent(),
             temperature_c=read_temperature_c(),
-            energy=measured.energy if measured else None,
+            energy=energy,
             seq=self._telemetry_seq,
             buffered=len(self.outbox),
             dropped=self.outbox.dropped,

@@ -17,9 +17,9 @@ import requests
 from .errors import ArtifactError, TransportError
 from .protocol import FileRef
 
-CHUNK_BYTES = 256 * 1024
-"""Read size: 64 KiB kept the agent at ~80% of curl's loopback throughput, 256 KiB matches it;
-a download cut by a kill re-sends at most this much."""
+CHUNK_BYTES = 64 * 1024
+"""Read size, and the most a download cut by a kill re-sends. Measured on loopback against the
+control plane (64 MiB): 64 KiB 0.28-0.32 s, 256 KiB and 1 MiB no faster; curl 0.20-0.27 s."""
 TIMEOUT_S = (5.0, 30.0)
 
 

@@ -10,8 +10,10 @@ running a settle twice after a crash changes nothing.
 from __future__ import annotations
 
 import logging
+import os
 import random
 import shutil
+import signal
 import threading
 import time
 from collections.abc import Callable
@@ -42,6 +44,10 @@ from .states import (
 from .validate import check_budgets, check_golden, check_io, check_size, load_golden
 
 log = logging.getLogger("edgeloop.agent.updater")
+
+KILL_AT_ENV = "EDGELOOP_AGENT_KILL_AT"
+"""Fault injection for the crash suite: SIGKILL this process right after persisting the named
+state (set only on the process under test; its restart runs without it)."""
 
 DISK_MARGIN_BYTES = 16 * 2**20
 """Free space kept beyond the download itself: the state file, logs and the outbox need room."""
@@ -366,6 +372,8 @@ class Updater:
     def _save(self, record: UpdateRecord) -> None:
         self.store.save(record)
         self.record = record
+        if os.environ.get(KILL_AT_ENV) == record.state.value:
+            os.kill(os.getpid(), signal.SIGKILL)
         self.hooks.on_state(record)
 
     def _settle(self) -> None:

@@ -141,7 +141,7 @@ def bench_agent(args: Any) -> list[Figure]:
     shutil.rmtree(root, ignore_errors=True)
     console = Console(width=None if sys.stdout.isatty() else 200)
     console.print("[bold]agent footprint, download, resume and endpoint[/]")
-    foot = footprint(root / "footprint")
+    foot = footprint(root / "footprint", padding_floats=0)
     runs = getattr(args, "runs", None) or 200
     console.print(f"[bold]kill -9 at {runs} random moments of updates[/]")
     kills = kill9_campaign(root / "kill9", runs, progress=True)

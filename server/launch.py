@@ -7,6 +7,7 @@ Used by the demo and the end-to-end tests so both exercise exactly what an opera
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import time
@@ -20,12 +21,19 @@ from .broker import free_port
 
 
 class ManagedProcess:
-    def __init__(self, name: str, argv: list[str], log_path: Path) -> None:
+    def __init__(
+        self, name: str, argv: list[str], log_path: Path, env: dict[str, str] | None = None
+    ) -> None:
         self.name = name
         self.log_path = log_path
         log_path.parent.mkdir(parents=True, exist_ok=True)
         self._log = log_path.open("ab")
-        self.process = subprocess.Popen(argv, stdout=self._log, stderr=subprocess.STDOUT)
+        self.process = subprocess.Popen(
+            argv,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, **env} if env else None,
+        )
 
     @property
     def pid(self) -> int:
@@ -101,6 +109,7 @@ class AgentProcess(ManagedProcess):
         telemetry_interval_s: float = 5.0,
         probation_s: float = 1.0,
         endpoint_port: int = 0,
+        env: dict[str, str] | None = None,
     ) -> None:
         self.device_id = device_id
         self.workdir = workdir / "devices" / device_id
@@ -126,4 +135,4 @@ class AgentProcess(ManagedProcess):
             "--endpoint-port",
             str(endpoint_port),
         ]
-        super().__init__(device_id, argv, workdir / "logs" / f"agent-{device_id}.log")
+        super().__init__(device_id, argv, workdir / "logs" / f"agent-{device_id}.log", env)

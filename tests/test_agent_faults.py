@@ -106,3 +106,75 @@ def test_status_and_rollback_commands_work_with_and_without_a_running_agent(
     assert record["committed"]["label"] == "linear:1"
     assert record["gate"] == "operator"
     assert record["active_slot"] == record["committed"]["slot"]
+
+
+# A crash right after each state is persisted, and where the restarted agent must end up.
+CRASH_TABLE = [
+    # (killed right after persisting, model of the update, expected end)
+    ("downloading", "good", "committed"),
+    ("verifying", "good", "committed"),
+    ("validating", "good", "committed"),
+    ("activating", "good", "committed"),
+    ("probation", "good", "committed"),
+    ("committed", "good", "committed"),
+    ("probation", "rogue", "rolled_back"),
+    ("rolled_back", "rogue", "rolled_back"),
+]
+
+
+@pytest.mark.parametrize(("killed_at", "model", "expected"), CRASH_TABLE)
+def test_a_crash_right_after_each_state_is_persisted_resumes_to_a_consistent_end(
+    killed_at: str, model: str, expected: str, tmp_path: Path
+) -> None:
+    import time
+
+    import numpy as np
+
+    from edgeloop.agent.updater import KILL_AT_ENV
+    from edgeloop.server.agentbench import (
+        _check_serving,
+        check_device,
+        check_state_file,
+        control_plane,
+    )
+
+    device_id = "crash-01"
+    device_dir = tmp_path / "devices" / device_id
+    with control_plane(tmp_path) as (server, device_port):
+        weights = np.random.default_rng(0).normal(size=(64, 10)).astype(np.float32)
+        first = upload_version(server.url, "1", weights, 0)
+        update = upload_version(
+            server.url,
+            model,
+            weights * 1.01 if model == "good" else weights[:, ::-1].copy(),
+            0,
+            min_agreement=0.9,
+        )
+        planner = DesiredPublisher(device_port, device_id)
+        agent = AgentProcess(device_id, PROFILE, tmp_path, device_port, probation_s=0.2)
+        try:
+            planner.publish(1, first)
+            assert wait_settled(device_dir, 1, 60) == "committed", agent.log_tail()
+            agent.stop()
+            agent = AgentProcess(
+                device_id,
+                PROFILE,
+                tmp_path,
+                device_port,
+                probation_s=0.2,
+                env={KILL_AT_ENV: killed_at},
+            )
+            planner.publish(2, update)
+            deadline = time.monotonic() + 60
+            while agent.alive() and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert agent.process.returncode == -9, "the fault hook did not fire"
+            assert check_state_file(device_dir) == (killed_at, None)
+            agent.stop()
+            agent = AgentProcess(device_id, PROFILE, tmp_path, device_port, probation_s=0.2)
+            assert wait_settled(device_dir, 2, 60) == expected, agent.log_tail()
+            assert _check_serving(device_dir, device_id) is None
+            assert check_device(device_dir, 2) == (expected, None)
+        finally:
+            agent.stop()
+            planner.close()
