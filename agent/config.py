@@ -52,6 +52,9 @@ class AgentConfig(BaseModel):
     probation_latency_factor: float = Field(
         default=1.5, ge=1, description="live p95 may reach the budget times this in probation"
     )
+    probation_min_samples: int = Field(
+        default=100, ge=1, description="live requests needed before probation judges latency"
+    )
     download_attempts: int = Field(default=5, ge=1)
     outbox_max_messages: int = Field(
         default=10_000, ge=10, description="offline buffer bound; the oldest are dropped first"

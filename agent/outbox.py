@@ -5,12 +5,13 @@ Contract (what the control plane may rely on):
 - **At least once.** A row is deleted only after the broker acknowledged the message (PUBACK
   at QoS 1), so a kill -9, a power cut or a broker outage between ``put`` and PUBACK sends it
   again later. Duplicates are possible (paho re-sends its own in-flight messages after a
-  reconnect, and the publisher re-sends from the oldest unacknowledged row); receivers spot
-  them by a sequence number in the payload (``telemetry.seq``).
+  reconnect, and the publisher re-sends from the oldest unacknowledged row); receivers must
+  be idempotent (telemetry carries ``seq``, a report its ``revision``).
 - **First deliveries keep put order.** When the broker first sees message *n*, it has already
   seen every message before *n* that is still owed (not dropped). The publisher sends the
   oldest rows first over one connection, acknowledges rows strictly as a prefix in id order,
-  and after any disconnect starts again from the oldest unacknowledged row.
+  and after any disconnect starts again from the oldest unacknowledged row (one narrow
+  exception is described at :class:`OutboxPublisher`).
 - **Bounded, and never silently.** Past ``max_messages`` the oldest rows are dropped in the
   same transaction as the insert; the number is added to a persisted ``dropped`` counter that
   the agent reports (``telemetry.dropped``).
@@ -27,7 +28,8 @@ import sqlite3
 import threading
 import time
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -59,7 +61,16 @@ CREATE TABLE IF NOT EXISTS messages (
     created REAL NOT NULL
 );
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
+INSERT OR IGNORE INTO meta (key, value) SELECT '_rows', COUNT(*) FROM messages;
+CREATE TRIGGER IF NOT EXISTS messages_rows_insert AFTER INSERT ON messages
+BEGIN UPDATE meta SET value = value + 1 WHERE key = '_rows'; END;
+CREATE TRIGGER IF NOT EXISTS messages_rows_delete AFTER DELETE ON messages
+BEGIN UPDATE meta SET value = value - 1 WHERE key = '_rows'; END;
 """
+"""The row count lives in ``meta`` and triggers keep it exact, whoever writes the file, so the
+bound check in every put and ``len()`` cost an index probe, not a scan of up to
+``max_messages`` rows (payloads included) on a small device's SD card. It is set up in the
+same transaction as the triggers, so no write can slip between the count and them."""
 
 
 @dataclass(frozen=True)
@@ -107,8 +118,10 @@ class Outbox:
             # few messages per second the fsync is affordable, and losing reports is not.
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=FULL")
-            self._db.executescript(_SCHEMA)
+            self._db.executescript(f"BEGIN IMMEDIATE;\n{_SCHEMA}\nCOMMIT;")
         except BaseException:
+            if self._db.in_transaction:
+                self._db.execute("ROLLBACK")
             self._db.close()
             raise
 
@@ -123,39 +136,43 @@ class Outbox:
         paho refuses at publish time would block the head of the queue forever.
         """
         _validate(topic, payload, qos)
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                cursor = self._db.execute(
-                    "INSERT INTO messages (topic, payload, qos, created) VALUES (?, ?, ?, ?)",
-                    (topic, bytes(payload), qos, time.time()),
+        with self._transaction() as db:
+            cursor = db.execute(
+                "INSERT INTO messages (topic, payload, qos, created) VALUES (?, ?, ?, ?)",
+                (topic, bytes(payload), qos, time.time()),
+            )
+            excess = self._rows() - self.max_messages
+            if excess > 0:
+                db.execute(
+                    "DELETE FROM messages WHERE id IN "
+                    "(SELECT id FROM messages ORDER BY id LIMIT ?)",
+                    (excess,),
                 )
-                excess = self._excess()
-                if excess > 0:
-                    self._db.execute(
-                        "DELETE FROM messages WHERE id IN "
-                        "(SELECT id FROM messages ORDER BY id LIMIT ?)",
-                        (excess,),
-                    )
-                    self._add_counter("dropped", excess)
-                self._db.execute("COMMIT")
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-        if excess > 0 and not self._dropping:
+                self._add_counter("dropped", excess)
+            warn = excess > 0 and not self._dropping
+            self._dropping = excess > 0
+        if warn:
             log.warning("outbox full (%d): dropping the oldest messages", self.max_messages)
-        self._dropping = excess > 0
         assert cursor.lastrowid is not None
         return cursor.lastrowid
 
-    def _excess(self) -> int:
-        """Rows over the bound. ``max(id) - min(id) + 1`` is an upper bound on the row count
-        found in two index probes, so the full COUNT(*) runs only when the queue may be full."""
-        low, high = self._db.execute("SELECT MIN(id), MAX(id) FROM messages").fetchone()
-        if low is None or high - low + 1 <= self.max_messages:
-            return 0
-        count = self._db.execute("SELECT COUNT(*) FROM messages").fetchone()[0]
-        return max(0, count - self.max_messages)
+    @contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction under the lock. IMMEDIATE takes SQLite's write lock up front,
+        so a second process makes this wait (busy timeout) instead of failing halfway."""
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._db
+                self._db.execute("COMMIT")
+            except BaseException:
+                if self._db.in_transaction:
+                    self._db.execute("ROLLBACK")
+                raise
+
+    def _rows(self) -> int:
+        row = self._db.execute("SELECT value FROM meta WHERE key = '_rows'").fetchone()
+        return int(row[0])
 
     def peek(self, limit: int, *, after: int = 0) -> list[OutboxEntry]:
         """Up to ``limit`` queued messages with id > ``after``, oldest first. Nothing is
@@ -174,30 +191,18 @@ class Outbox:
         rows = [(int(i),) for i in ids]
         if not rows:
             return
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                self._db.executemany("DELETE FROM messages WHERE id = ?", rows)
-                self._db.execute("COMMIT")
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
+        with self._transaction() as db:
+            db.executemany("DELETE FROM messages WHERE id = ?", rows)
 
     def _discard(self, entry_id: int) -> None:
         """Delete a message that can never be published, counting it as dropped."""
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                gone = self._db.execute("DELETE FROM messages WHERE id = ?", (entry_id,)).rowcount
-                self._add_counter("dropped", gone)
-                self._db.execute("COMMIT")
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
+        with self._transaction() as db:
+            gone = db.execute("DELETE FROM messages WHERE id = ?", (entry_id,)).rowcount
+            self._add_counter("dropped", gone)
 
     def __len__(self) -> int:
         with self._lock:
-            return int(self._db.execute("SELECT COUNT(*) FROM messages").fetchone()[0])
+            return self._rows()
 
     # ------------------------------------------------------------------ counters
 
@@ -213,6 +218,8 @@ class Outbox:
         return int(row[0]) if row else 0
 
     def set_counter(self, name: str, value: int) -> None:
+        if name.startswith("_"):
+            raise ValueError(f"counter names starting with '_' are the outbox's own: {name!r}")
         with self._lock:
             self._db.execute(
                 "INSERT INTO meta (key, value) VALUES (?, ?) "
@@ -421,8 +428,7 @@ class OutboxPublisher:
                 # sent and would block everything behind it, so it is dropped and counted.
                 log.error("dropping outbox message %d paho refuses: %s", entry.id, exc)
                 self.outbox._discard(entry.id)
-                self._reset()
-                return
+                continue
             if info.rc != mqtt.MQTT_ERR_SUCCESS:
                 log.info(
                     "publish of outbox message %d: %s; retrying after reconnect",

@@ -42,7 +42,6 @@ def test_kill_9_at_random_moments_of_updates_always_ends_committed_or_rolled_bac
     assert result.consistent == KILL_RUNS, "\n".join(result.failures)
     assert set(result.outcomes) <= {"committed", "rolled_back"}
     assert "rolled_back" in result.outcomes, "every fourth version must fail probation"
-    assert len(result.killed_in) >= 3, f"kills landed in too few states: {result.killed_in}"
 
 
 def test_telemetry_produced_while_the_broker_is_down_arrives_complete_and_in_order(
