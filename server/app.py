@@ -7,24 +7,36 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from .api.routes import artifacts, devices, models
+from .api.routes import artifacts, devices, models, rollouts
 from .config import Settings
 from .db import make_engine, make_sessionmaker
 from .fleet import Fleet
 from .mqtt_bridge import MqttBridge
+from .rollouts import RolloutController
 from .store import ArtifactStore
 
 
 def create_app(settings: Settings, *, with_mqtt: bool = True) -> FastAPI:
     engine = make_engine(settings.database_url)
     fleet = Fleet(make_sessionmaker(engine), settings.public_url)
-    bridge = MqttBridge(fleet, settings.mqtt_host, settings.mqtt_port) if with_mqtt else None
+    bridge = (
+        MqttBridge(fleet, settings.mqtt_host, settings.mqtt_port, session_key=settings.database_url)
+        if with_mqtt
+        else None
+    )
+    controller = RolloutController(fleet)
+    fleet.after_device_message = controller.wake
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         if bridge is not None:
             bridge.start()
+            # A crash may have come between a commit and its publish: re-send every desired
+            # state with its stored revision (devices ignore a revision they already handled).
+            fleet.republish_all()
+        controller.start()
         yield
+        controller.stop()
         if bridge is not None:
             bridge.stop()
         engine.dispose()
@@ -34,7 +46,8 @@ def create_app(settings: Settings, *, with_mqtt: bool = True) -> FastAPI:
     app.state.fleet = fleet
     app.state.store = ArtifactStore(settings.artifact_dir)
     app.state.bridge = bridge
-    for module in (artifacts, models, devices):
+    app.state.rollouts = controller
+    for module in (artifacts, models, devices, rollouts):
         app.include_router(module.router)
 
     @app.get("/healthz", tags=["health"])

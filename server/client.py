@@ -78,3 +78,34 @@ class ApiClient:
 
     def fleet(self) -> list[dict[str, Any]]:
         return self._call("GET", "/api/v1/fleet")
+
+    def register_model(self, body: dict[str, Any], *, plan: bool = True) -> dict[str, Any]:
+        """Register a version whose files were uploaded already (``ModelCreate`` fields)."""
+        return self._call("POST", "/api/v1/models", params={"plan": str(plan).lower()}, json=body)
+
+    # ------------------------------------------------------------------ rollouts
+
+    def create_rollout(
+        self,
+        model: str,
+        *,
+        target: dict[str, Any] | None = None,
+        waves: list[str] | None = None,
+        criteria: dict[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        body: dict[str, Any] = {"model": model, "target": target or {}}
+        if waves is not None:
+            body["waves"] = waves
+        if criteria is not None:
+            body["criteria"] = criteria
+        return self._call("POST", "/api/v1/rollouts", json=body)
+
+    def rollout(self, rollout_id: int) -> dict[str, Any]:
+        return self._call("GET", f"/api/v1/rollouts/{rollout_id}")
+
+    def rollouts(self, *, limit: int = 50, offset: int = 0) -> dict[str, Any]:
+        return self._call("GET", "/api/v1/rollouts", params={"limit": limit, "offset": offset})
+
+    def rollout_action(self, rollout_id: int, action: str) -> dict[str, Any]:
+        """``action``: pause, resume, cancel or rollback."""
+        return self._call("POST", f"/api/v1/rollouts/{rollout_id}/{action}")

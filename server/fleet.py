@@ -12,7 +12,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import event, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from edgeloop.agent.protocol import (
@@ -44,6 +44,8 @@ class Fleet:
         self.sessions = sessions
         self.public_url = public_url.rstrip("/")
         self.publish: Publisher = lambda desired: None
+        self.after_device_message: Callable[[], None] = lambda: None
+        """Called after a hello or report is stored (the rollout controller wakes on it)."""
 
     # ------------------------------------------------------------------ device messages
 
@@ -63,6 +65,7 @@ class Fleet:
             device.last_seen = datetime.now(UTC)
             db.flush()
             self._plan(db, device, force_publish=True)
+        self.after_device_message()
 
     def on_status(self, status: Status) -> None:
         with self.sessions.begin() as db:
@@ -92,9 +95,12 @@ class Fleet:
                 )
             )
             device.phase = report.phase.value
-            device.current_model = report.running
+            if report.running != device.current_model:
+                device.previous_model = device.current_model
+                device.current_model = report.running
             device.last_seen = datetime.now(UTC)
         log.info("report from %s: %s ok=%s", report.device_id, report.model, report.ok)
+        self.after_device_message()
 
     def on_telemetry(self, telemetry: Telemetry) -> None:
         with self.sessions.begin() as db:
@@ -182,25 +188,79 @@ class Fleet:
         chosen = next(
             (v for v in versions if choice.candidate and v.id == choice.candidate.id), None
         )
-        chosen_id = chosen.id if chosen else None
+        state = db.get(DesiredState, device.id)
+        if state is not None and state.source != "planner":
+            # A rollout owns this device's desired state; the planner leaves it alone.
+            if force_publish:
+                self.republish(db, device)
+            return
+        self.set_desired(
+            db, device, chosen, source="planner", reason=choice.reason, force=force_publish
+        )
+
+    def set_desired(
+        self,
+        db: Session,
+        device: Device,
+        model: ModelVersion | None,
+        *,
+        source: str,
+        reason: str,
+        force: bool = False,
+    ) -> bool:
+        """Give ``device`` a new desired revision when its model or owner changes.
+
+        The row is written in the caller's transaction and published after it commits, so a
+        crash in between leaves the database ahead of the broker, never behind: the next
+        start re-publishes (:meth:`republish_all`), with the same revision. Returns whether a
+        new revision was made. ``force`` re-sends an unchanged state (same revision).
+        """
+        chosen_id = model.id if model else None
         state = db.get(DesiredState, device.id)
         if state is None:
             state = DesiredState(device_id=device.id, revision=0, model_version_id=None)
             db.add(state)
         changed = state.revision == 0 or state.model_version_id != chosen_id
-        state.reason = choice.reason
+        state.reason = reason
+        state.source = source
         if changed:
             state.revision += 1
             state.model_version_id = chosen_id
             state.published_at = datetime.now(UTC)
-            log.info("device %s -> revision %d: %s", device.id, state.revision, choice.reason)
-        if changed or force_publish:
-            desired = Desired(
-                device_id=device.id,
-                revision=state.revision,
-                model=self._manifest(db, chosen) if chosen else None,
-                profile=profile,
-            )
+            log.info("device %s -> revision %d: %s", device.id, state.revision, reason)
+        if changed or force:
+            self._after_commit(db, self._desired(db, device, state))
+        return changed
+
+    def republish(self, db: Session, device: Device) -> None:
+        state = db.get(DesiredState, device.id)
+        if state is not None:
+            self._after_commit(db, self._desired(db, device, state))
+
+    def republish_all(self) -> None:
+        """Re-send every device's current desired state (same revisions): after a restart the
+        broker may have missed the last publish before the crash."""
+        with self.sessions.begin() as db:
+            for device in db.scalars(select(Device)):
+                self.republish(db, device)
+
+    def _desired(self, db: Session, device: Device, state: DesiredState) -> Desired:
+        model = db.get(ModelVersion, state.model_version_id) if state.model_version_id else None
+        return Desired(
+            device_id=device.id,
+            revision=state.revision,
+            model=self._manifest(db, model) if model else None,
+            profile=DeviceProfile.model_validate(device.profile),
+        )
+
+    def _after_commit(self, db: Session, desired: Desired) -> None:
+        pending = db.info.setdefault("edgeloop_publish", [])
+        if not pending:
+            event.listen(db, "after_commit", self._flush_publishes, once=True)
+        pending.append(desired)
+
+    def _flush_publishes(self, db: Session) -> None:
+        for desired in db.info.pop("edgeloop_publish", []):
             self.publish(desired)
 
     def _manifest(self, db: Session, model: ModelVersion) -> ModelManifest:

@@ -27,6 +27,8 @@ class Device(Base):
     online: Mapped[bool] = mapped_column(default=False)
     phase: Mapped[str] = mapped_column(String(16), default="idle")
     current_model: Mapped[str | None]
+    previous_model: Mapped[str | None] = mapped_column(default=None)
+    tags: Mapped[list[Any]] = mapped_column(default=list)
     first_seen: Mapped[datetime] = mapped_column(default=utcnow)
     last_seen: Mapped[datetime] = mapped_column(default=utcnow)
 
@@ -69,6 +71,9 @@ class DesiredState(Base):
     revision: Mapped[int]
     model_version_id: Mapped[int | None] = mapped_column(ForeignKey("model_versions.id"))
     reason: Mapped[str] = mapped_column(default="")
+    source: Mapped[str] = mapped_column(
+        String(64), default="planner", doc="`planner`, or `rollout:<id>` while a rollout owns it"
+    )
     published_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
@@ -95,3 +100,38 @@ class TelemetrySample(Base):
     device_id: Mapped[str] = mapped_column(ForeignKey("devices.id"))
     sent_at: Mapped[datetime]
     payload: Mapped[dict[str, Any]]
+
+
+class Rollout(Base):
+    """A model version sent to a device group in waves; its progress survives restarts."""
+
+    __tablename__ = "rollouts"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    model_version_id: Mapped[int] = mapped_column(ForeignKey("model_versions.id"))
+    target: Mapped[dict[str, Any]]
+    waves: Mapped[list[Any]] = mapped_column(doc="cumulative device counts, one per wave")
+    criteria: Mapped[dict[str, Any]]
+    state: Mapped[str] = mapped_column(String(16), default="running")
+    current_wave: Mapped[int] = mapped_column(default=0)
+    reason: Mapped[str] = mapped_column(default="")
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+    wave_started_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class RolloutDevice(Base):
+    """One device's part in a rollout: its wave, what it was sent, how it ended."""
+
+    __tablename__ = "rollout_devices"
+    __table_args__ = (UniqueConstraint("rollout_id", "device_id"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    rollout_id: Mapped[int] = mapped_column(ForeignKey("rollouts.id"), index=True)
+    device_id: Mapped[str] = mapped_column(ForeignKey("devices.id"))
+    wave: Mapped[int]
+    step: Mapped[str] = mapped_column(String(16), default="pending")
+    previous_model_version_id: Mapped[int | None] = mapped_column(ForeignKey("model_versions.id"))
+    sent_revision: Mapped[int | None] = mapped_column(default=None)
+    sent_at: Mapped[datetime | None] = mapped_column(default=None)
+    detail: Mapped[str] = mapped_column(default="")

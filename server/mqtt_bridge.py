@@ -7,6 +7,7 @@ exception while storing one message never stops the bridge.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import threading
 import uuid
@@ -35,15 +36,24 @@ INBOUND = (Channel.HELLO, Channel.STATUS, Channel.REPORT, Channel.TELEMETRY)
 
 
 class MqttBridge:
-    def __init__(self, fleet: Fleet, host: str, port: int) -> None:
+    def __init__(self, fleet: Fleet, host: str, port: int, session_key: str | None = None) -> None:
+        """``session_key`` names a persistent broker session (e.g. the database URL): while
+        this server is down the broker queues the devices' QoS 1 reports for it, and the
+        restarted server reads them. Without one, the session is clean and throwaway."""
         self.fleet = fleet
         self.host, self.port = host, port
         self.connected = threading.Event()
         self.dropped = 0
+        if session_key is None:
+            client_id, clean = f"edgeloop-server-{uuid.uuid4().hex[:8]}", True
+        else:
+            digest = hashlib.sha256(session_key.encode()).hexdigest()[:12]
+            client_id, clean = f"edgeloop-server-{digest}", False
         self.client = mqtt.Client(
             mqtt.CallbackAPIVersion.VERSION2,
-            client_id=f"edgeloop-server-{uuid.uuid4().hex[:8]}",
+            client_id=client_id,
             protocol=mqtt.MQTTv311,
+            clean_session=clean,
         )
         self.client.max_queued_messages_set(0)
         self.client.reconnect_delay_set(min_delay=1, max_delay=30)

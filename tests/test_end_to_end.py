@@ -9,6 +9,7 @@ from pathlib import Path
 
 import paho.mqtt.client as mqtt
 import pytest
+from helpers import wait_until
 
 from edgeloop.agent.protocol import Channel, DeviceProfile, topic
 from edgeloop.server.broker import Broker
@@ -25,16 +26,6 @@ TIGHT = DeviceProfile(
     latency_budget_ms=50,
     model_size_budget_kb=128,
 )
-
-
-def wait_until(predicate, timeout_s: float, what: str):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.2)
-    raise AssertionError(f"timed out after {timeout_s:.0f}s waiting for {what}")
 
 
 def publish_raw(broker: Broker, pairs: list[tuple[str, bytes]]) -> None:

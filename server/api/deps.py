@@ -5,6 +5,7 @@ from typing import Annotated
 from fastapi import Depends, Request
 
 from ..fleet import Fleet
+from ..rollouts import RolloutController
 from ..store import ArtifactStore
 
 
@@ -18,3 +19,10 @@ def get_store(request: Request) -> ArtifactStore:
 
 FleetDep = Annotated[Fleet, Depends(get_fleet)]
 StoreDep = Annotated[ArtifactStore, Depends(get_store)]
+
+
+def get_rollouts(request: Request) -> RolloutController:
+    return request.app.state.rollouts
+
+
+RolloutsDep = Annotated[RolloutController, Depends(get_rollouts)]

@@ -1,0 +1,509 @@
+"""Staged rollouts: a model version goes to a device group in waves, and stops itself.
+
+A rollout's devices are split into waves when it is created (e.g. ``["10%", "50%", "100%"]``
+cumulative shares of the group, or ``"3"``: three more devices). :meth:`RolloutController.tick`
+advances every running rollout: it sends the current wave's devices their new desired state,
+reads their reports, and when the wave is over either moves on or halts.
+
+Invariants:
+- Progress lives in the database (``rollouts``, ``rollout_devices``); the controller keeps no
+  state of its own, so a restarted server picks up exactly where it was.
+- A device is sent a new desired revision at most once per rollout: the ``sent`` step and the
+  new revision are written in one transaction; after a restart the same revision is only
+  re-published (:meth:`Fleet.republish_all`), never bumped.
+- The newest rollout wins: creating a rollout takes its devices out of every older active
+  rollout (their step becomes ``superseded``), so two rollouts never wait on each other.
+- A wave succeeds when every device in it ended (committed, failed, or timed out) and the
+  share of failures is at most ``max_failure_rate``; a breach halts the rollout at once, even
+  before the wave is over. Devices keep what they run; ``rollback`` sends each device of the
+  rollout its previous model.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from .fleet import Fleet
+from .models import DesiredState, Device, DeviceReport, ModelVersion, Rollout, RolloutDevice
+
+log = logging.getLogger("edgeloop.server.rollouts")
+
+
+class RolloutState(StrEnum):
+    RUNNING = "running"
+    PAUSED = "paused"
+    HALTED = "halted"
+    COMPLETED = "completed"
+    CANCELLED = "cancelled"
+    ROLLED_BACK = "rolled_back"
+
+
+ACTIVE = (RolloutState.RUNNING, RolloutState.PAUSED, RolloutState.HALTED)
+
+
+class Step(StrEnum):
+    """A device's part in one rollout."""
+
+    PENDING = "pending"  # its wave has not started
+    SENT = "sent"  # new desired revision published; waiting for its report
+    COMMITTED = "committed"
+    FAILED = "failed"  # the device refused or rolled back the model (report says why)
+    TIMED_OUT = "timed_out"  # no report within the wave's timeout (offline, stuck)
+    SUPERSEDED = "superseded"  # a newer rollout took the device
+    ROLLED_BACK = "rolled_back"  # sent its previous model by an operator rollback
+
+
+ENDED = (Step.COMMITTED, Step.FAILED, Step.TIMED_OUT, Step.SUPERSEDED, Step.ROLLED_BACK)
+
+
+class RolloutError(ValueError):
+    """An operator request that cannot be done; the message says why (HTTP 409/422)."""
+
+
+class Target(BaseModel):
+    """Which devices: all conditions must hold; an empty target is the whole fleet."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    profile: str | None = Field(default=None, description="device profile name")
+    tags: list[str] = Field(default_factory=list, description="devices carrying all of these")
+    devices: list[str] | None = Field(default=None, description="explicit device ids")
+
+    def matches(self, device: Device) -> bool:
+        if self.devices is not None and device.id not in self.devices:
+            return False
+        if self.profile is not None and device.profile.get("name") != self.profile:
+            return False
+        return set(self.tags) <= set(device.tags or [])
+
+
+class Criteria(BaseModel):
+    """What a wave must achieve before the next one starts."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    wave_timeout_s: float = Field(default=900, gt=0, description="a device silent this long fails")
+    max_failure_rate: float = Field(
+        default=0.0, ge=0, le=1, description="failed+timed out share of a wave that halts it"
+    )
+    require_within_budget: bool = Field(
+        default=True, description="a report over the profile's latency/memory budget is a failure"
+    )
+    max_power_w: float | None = Field(
+        default=None, gt=0, description="a report drawing more average power is a failure"
+    )
+
+
+class RolloutCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    model: str = Field(description="`name:version` of a registered model")
+    target: Target = Field(default_factory=Target)
+    waves: list[str] = Field(
+        default_factory=lambda: ["10%", "50%", "100%"],
+        min_length=1,
+        description='cumulative shares ("10%") or device counts ("3") per wave',
+    )
+    criteria: Criteria = Field(default_factory=Criteria)
+
+    @field_validator("waves")
+    @classmethod
+    def _waves_parse(cls, waves: list[str]) -> list[str]:
+        for wave in waves:
+            text = wave.strip()
+            number = text[:-1] if text.endswith("%") else text
+            try:
+                value = float(number)
+            except ValueError:
+                raise ValueError(
+                    f"wave {wave!r} is neither a share like '10%' nor a count"
+                ) from None
+            if value <= 0 or (text.endswith("%") and value > 100):
+                raise ValueError(f"wave {wave!r} must be in (0%, 100%] or a positive count")
+        return waves
+
+
+def wave_sizes(waves: list[str], total: int) -> list[int]:
+    """Cumulative device counts per wave; the last wave always reaches ``total``.
+
+    >>> wave_sizes(["1%", "10%", "100%"], 50)
+    [1, 5, 50]
+    >>> wave_sizes(["2", "3"], 10)
+    [2, 5, 10]
+    """
+    cumulative: list[int] = []
+    reached = 0
+    for wave in waves:
+        text = wave.strip()
+        if text.endswith("%"):
+            reached = max(reached, math.ceil(float(text[:-1]) / 100 * total))
+        else:
+            reached += int(float(text))
+        reached = min(max(reached, 1), total)
+        if not cumulative or reached > cumulative[-1]:
+            cumulative.append(reached)
+    if total and (not cumulative or cumulative[-1] < total):
+        cumulative.append(total)
+    return cumulative
+
+
+def _naive_utc(moment: datetime) -> datetime:
+    """SQLite hands datetimes back without a zone; compare everything as naive UTC."""
+    return moment.astimezone(UTC).replace(tzinfo=None) if moment.tzinfo else moment
+
+
+def _now() -> datetime:
+    return datetime.now(UTC).replace(tzinfo=None)
+
+
+class RolloutController:
+    def __init__(self, fleet: Fleet, tick_s: float = 1.0) -> None:
+        self.fleet = fleet
+        self.tick_s = tick_s
+        self._lock = threading.RLock()
+        self._stop = threading.Event()
+        self._wake = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="rollouts", daemon=True)
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._wake.set()
+        if self._thread.is_alive():
+            self._thread.join(5)
+
+    def wake(self) -> None:
+        """Evaluate now (a report arrived) instead of at the next tick."""
+        self._wake.set()
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.tick()
+            except Exception:  # a bad row must not stop every other rollout
+                log.exception("rollout tick failed")
+            self._wake.wait(self.tick_s)
+            self._wake.clear()
+
+    # ------------------------------------------------------------------ operator actions
+
+    def create(self, request: RolloutCreate) -> int:
+        """Create a rollout and start its first wave at the next tick.
+
+        Raises:
+            RolloutError: unknown model, or no device matches the target.
+        """
+        with self._lock, self.fleet.sessions.begin() as db:
+            name, _, version = request.model.partition(":")
+            model = db.scalar(
+                select(ModelVersion).where(
+                    ModelVersion.name == name, ModelVersion.version == version
+                )
+            )
+            if model is None:
+                raise RolloutError(f"no model {request.model!r}; push it first")
+            devices = [
+                d
+                for d in db.scalars(select(Device).order_by(Device.id))
+                if request.target.matches(d)
+            ]
+            if not devices:
+                raise RolloutError(f"no device matches the target {request.target.model_dump()}")
+            sizes = wave_sizes(request.waves, len(devices))
+            rollout = Rollout(
+                model_version_id=model.id,
+                target=request.target.model_dump(),
+                waves=sizes,
+                criteria=request.criteria.model_dump(),
+                state=RolloutState.RUNNING,
+            )
+            db.add(rollout)
+            db.flush()
+            self._supersede(db, rollout.id, [d.id for d in devices])
+            for index, device in enumerate(devices):
+                wave = next(i for i, size in enumerate(sizes) if index < size)
+                self._enlist(db, rollout, device, wave)
+            log.info(
+                "rollout %d: %s to %d devices in waves %s",
+                rollout.id,
+                model.label,
+                len(devices),
+                sizes,
+            )
+            rollout_id = rollout.id
+        self.wake()
+        return rollout_id
+
+    def pause(self, rollout_id: int) -> None:
+        self._set_state(rollout_id, RolloutState.PAUSED, allowed=(RolloutState.RUNNING,))
+
+    def resume(self, rollout_id: int) -> None:
+        """Continue a paused rollout. A halted one stays halted: its failures are facts;
+        cancel it or roll it back, then start a new rollout."""
+        self._set_state(rollout_id, RolloutState.RUNNING, allowed=(RolloutState.PAUSED,))
+        self.wake()
+
+    def cancel(self, rollout_id: int) -> None:
+        """Stop here: no more desired states are sent; devices keep what they were sent."""
+        self._set_state(rollout_id, RolloutState.CANCELLED, allowed=ACTIVE)
+
+    def rollback(self, rollout_id: int) -> int:
+        """Send every device this rollout touched its previous model. Returns how many."""
+        with self._lock, self.fleet.sessions.begin() as db:
+            rollout = self._get(db, rollout_id)
+            if rollout.state in (RolloutState.ROLLED_BACK, RolloutState.CANCELLED):
+                raise RolloutError(f"rollout {rollout_id} is {rollout.state}")
+            count = 0
+            for part in self._parts(db, rollout_id):
+                if part.step in (Step.PENDING, Step.SUPERSEDED, Step.ROLLED_BACK):
+                    continue
+                device = db.get(Device, part.device_id)
+                previous = (
+                    db.get(ModelVersion, part.previous_model_version_id)
+                    if part.previous_model_version_id
+                    else None
+                )
+                assert device is not None
+                self.fleet.set_desired(
+                    db,
+                    device,
+                    previous,
+                    source=f"rollout:{rollout_id}",
+                    reason=f"rollout {rollout_id} rolled back by operator",
+                )
+                part.step = Step.ROLLED_BACK
+                count += 1
+            rollout.state = RolloutState.ROLLED_BACK
+            rollout.reason = f"rolled back by operator ({count} devices)"
+            rollout.updated_at = _now()
+            return count
+
+    # ------------------------------------------------------------------ the engine
+
+    def tick(self) -> None:
+        with self._lock:
+            with self.fleet.sessions() as db:
+                ids = list(
+                    db.scalars(select(Rollout.id).where(Rollout.state == RolloutState.RUNNING))
+                )
+            for rollout_id in ids:
+                with self.fleet.sessions.begin() as db:
+                    self._advance(db, self._get(db, rollout_id))
+
+    def _advance(self, db: Session, rollout: Rollout) -> None:
+        criteria = Criteria.model_validate(rollout.criteria)
+        self._join_latecomers(db, rollout)
+        parts = [p for p in self._parts(db, rollout.id) if p.wave == rollout.current_wave]
+        model = db.get(ModelVersion, rollout.model_version_id)
+        assert model is not None
+        now = _now()
+        for part in parts:
+            if part.step == Step.PENDING:
+                self._send(db, rollout, part, model)
+            elif part.step == Step.SENT:
+                self._judge(db, part, criteria, now)
+        judged = [p for p in parts if p.step != Step.SUPERSEDED]
+        failures = [p for p in judged if p.step in (Step.FAILED, Step.TIMED_OUT)]
+        wave_label = f"wave {rollout.current_wave + 1}/{len(rollout.waves)}"
+        if judged and len(failures) / len(judged) > criteria.max_failure_rate:
+            rollout.state = RolloutState.HALTED
+            rollout.reason = (
+                f"{wave_label}: {len(failures)} of {len(judged)} devices failed "
+                f"(limit {criteria.max_failure_rate:.0%}): "
+                + "; ".join(f"{p.device_id}: {p.detail}" for p in failures[:5])
+            )
+            rollout.updated_at = now
+            log.warning("rollout %d halted: %s", rollout.id, rollout.reason)
+            return
+        if any(p.step == Step.SENT for p in judged):
+            return
+        if rollout.current_wave + 1 >= len(rollout.waves):
+            rollout.state = RolloutState.COMPLETED
+            rollout.reason = f"all {len(rollout.waves)} waves done"
+            log.info("rollout %d completed", rollout.id)
+        else:
+            rollout.current_wave += 1
+            rollout.wave_started_at = now
+            log.info("rollout %d: %s passed; next wave", rollout.id, wave_label)
+            self.wake()
+        rollout.updated_at = now
+
+    def _send(
+        self, db: Session, rollout: Rollout, part: RolloutDevice, model: ModelVersion
+    ) -> None:
+        device = db.get(Device, part.device_id)
+        assert device is not None
+        self.fleet.set_desired(
+            db,
+            device,
+            model,
+            source=f"rollout:{rollout.id}",
+            reason=f"rollout {rollout.id}, wave {part.wave + 1}",
+        )
+        state = db.get(DesiredState, device.id)
+        assert state is not None
+        part.step = Step.SENT
+        part.sent_revision = state.revision
+        part.sent_at = _now()
+
+    def _judge(self, db: Session, part: RolloutDevice, criteria: Criteria, now: datetime) -> None:
+        report = db.scalar(
+            select(DeviceReport)
+            .where(
+                DeviceReport.device_id == part.device_id,
+                DeviceReport.revision == part.sent_revision,
+            )
+            .order_by(DeviceReport.id.desc())
+            .limit(1)
+        )
+        if report is not None:
+            payload = report.payload
+            problem = None
+            if not report.ok:
+                problem = f"{payload.get('phase')}: {payload.get('gate')}: {payload.get('error')}"
+            elif criteria.require_within_budget and payload.get("within_budget") is False:
+                problem = f"over budget: {payload.get('budget_detail')}"
+            elif criteria.max_power_w is not None:
+                power = (payload.get("energy") or {}).get("avg_power_w")
+                if power is not None and power > criteria.max_power_w:
+                    problem = f"average power {power:.2f} W > {criteria.max_power_w} W"
+            part.step = Step.FAILED if problem else Step.COMMITTED
+            part.detail = problem or "committed"
+            return
+        sent_at = _naive_utc(part.sent_at) if part.sent_at else now
+        if (now - sent_at).total_seconds() > criteria.wave_timeout_s:
+            part.step = Step.TIMED_OUT
+            part.detail = f"no report within {criteria.wave_timeout_s:.0f} s"
+
+    def _join_latecomers(self, db: Session, rollout: Rollout) -> None:
+        """Devices that registered after the rollout started and match it join this wave."""
+        target = Target.model_validate(rollout.target)
+        enlisted = {p.device_id for p in self._parts(db, rollout.id)}
+        for device in db.scalars(select(Device).order_by(Device.id)):
+            if device.id not in enlisted and target.matches(device):
+                state = db.get(DesiredState, device.id)
+                if state is not None and state.source.startswith("rollout:"):
+                    continue  # another rollout owns it; the newer one already decided
+                self._enlist(db, rollout, device, rollout.current_wave)
+                log.info(
+                    "rollout %d: %s joins wave %d", rollout.id, device.id, rollout.current_wave + 1
+                )
+
+    def _enlist(self, db: Session, rollout: Rollout, device: Device, wave: int) -> None:
+        state = db.get(DesiredState, device.id)
+        db.add(
+            RolloutDevice(
+                rollout_id=rollout.id,
+                device_id=device.id,
+                wave=wave,
+                step=Step.PENDING,
+                previous_model_version_id=state.model_version_id if state else None,
+            )
+        )
+
+    def _supersede(self, db: Session, rollout_id: int, device_ids: list[str]) -> None:
+        older = db.scalars(
+            select(RolloutDevice)
+            .join(Rollout, Rollout.id == RolloutDevice.rollout_id)
+            .where(
+                Rollout.state.in_([s.value for s in ACTIVE]),
+                Rollout.id != rollout_id,
+                RolloutDevice.device_id.in_(device_ids),
+                RolloutDevice.step.in_([Step.PENDING, Step.SENT]),
+            )
+        )
+        for part in older:
+            part.step = Step.SUPERSEDED
+            part.detail = f"superseded by rollout {rollout_id}"
+
+    # ------------------------------------------------------------------ queries
+
+    def status(self, rollout_id: int) -> dict[str, Any]:
+        with self.fleet.sessions() as db:
+            rollout = self._get(db, rollout_id)
+            return self._describe(db, rollout)
+
+    def list(self, *, limit: int = 50, offset: int = 0) -> tuple[int, list[dict[str, Any]]]:
+        with self.fleet.sessions() as db:
+            total = len(list(db.scalars(select(Rollout.id))))
+            rows = db.scalars(
+                select(Rollout).order_by(Rollout.id.desc()).limit(limit).offset(offset)
+            )
+            return total, [self._describe(db, r, devices=False) for r in rows]
+
+    def _describe(self, db: Session, rollout: Rollout, devices: bool = True) -> dict[str, Any]:
+        model = db.get(ModelVersion, rollout.model_version_id)
+        parts = self._parts(db, rollout.id)
+        waves = []
+        for index, size in enumerate(rollout.waves):
+            in_wave = [p for p in parts if p.wave == index]
+            counts: dict[str, int] = {}
+            for part in in_wave:
+                counts[part.step] = counts.get(part.step, 0) + 1
+            waves.append({"wave": index + 1, "cumulative_size": size, "steps": counts})
+        described: dict[str, Any] = {
+            "id": rollout.id,
+            "model": model.label if model else None,
+            "state": rollout.state,
+            "current_wave": rollout.current_wave + 1,
+            "waves": waves,
+            "target": rollout.target,
+            "criteria": rollout.criteria,
+            "reason": rollout.reason,
+            "created_at": rollout.created_at.isoformat(),
+            "updated_at": rollout.updated_at.isoformat(),
+        }
+        if devices:
+            described["devices"] = [
+                {
+                    "device_id": p.device_id,
+                    "wave": p.wave + 1,
+                    "step": p.step,
+                    "revision": p.sent_revision,
+                    "detail": p.detail,
+                }
+                for p in parts
+            ]
+        return described
+
+    def _parts(self, db: Session, rollout_id: int) -> list[RolloutDevice]:
+        return list(
+            db.scalars(
+                select(RolloutDevice)
+                .where(RolloutDevice.rollout_id == rollout_id)
+                .order_by(RolloutDevice.wave, RolloutDevice.device_id)
+            )
+        )
+
+    def _get(self, db: Session, rollout_id: int) -> Rollout:
+        rollout = db.get(Rollout, rollout_id)
+        if rollout is None:
+            raise LookupError(f"no rollout {rollout_id}")
+        return rollout
+
+    def _set_state(
+        self, rollout_id: int, state: RolloutState, *, allowed: tuple[RolloutState, ...]
+    ) -> None:
+        with self._lock, self.fleet.sessions.begin() as db:
+            rollout = self._get(db, rollout_id)
+            if rollout.state not in allowed:
+                raise RolloutError(
+                    f"rollout {rollout_id} is {rollout.state}; {state} needs one of "
+                    + ", ".join(allowed)
+                )
+            rollout.state = state
+            rollout.reason = f"{state} by operator"
+            rollout.updated_at = _now()

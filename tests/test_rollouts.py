@@ -1,0 +1,161 @@
+"""Staged rollouts over ten real agent processes, a real broker and the control plane process.
+
+Fleet: dev-00 … dev-09, even ones roomy, odd ones with a 64 KB model-size budget. A rollout of a
+400 KB model halts by itself in the wave that first reaches a small device; a rollout of a good
+model completes even though the server is killed and restarted in the middle of it, and no
+device is sent the model twice.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from helpers import wait_until
+
+from edgeloop.agent.protocol import DeviceProfile, ModelManifest
+from edgeloop.server.agentbench import upload_version
+from edgeloop.server.broker import Broker
+from edgeloop.server.client import ApiClient, ApiError
+from edgeloop.server.launch import AgentProcess, ServerProcess
+from edgeloop.server.rollouts import RolloutCreate, wave_sizes
+
+ROOMY = DeviceProfile(name="roomy", cpu_threads=1, memory_budget_mb=2048, latency_budget_ms=100)
+SMALL = ROOMY.model_copy(update={"name": "small", "model_size_budget_kb": 64})
+DEVICES = 10
+
+
+def test_wave_sizes_are_cumulative_and_always_reach_the_whole_group() -> None:
+    assert wave_sizes(["1%", "10%", "50%", "100%"], 200) == [2, 20, 100, 200]
+    assert wave_sizes(["1", "30%"], 10) == [1, 3, 10]
+    assert wave_sizes(["2", "2"], 5) == [2, 4, 5]
+    assert wave_sizes(["100%"], 1) == [1]
+
+
+def test_a_wave_that_is_neither_a_share_nor_a_count_is_refused() -> None:
+    with pytest.raises(ValueError, match="neither a share"):
+        RolloutCreate(model="m:1", waves=["half"])
+    with pytest.raises(ValueError, match=r"\(0%, 100%\]"):
+        RolloutCreate(model="m:1", waves=["150%"])
+
+
+def register(client: ApiClient, manifest: ModelManifest, accuracy: float) -> str:
+    client.register_model(
+        {
+            "name": manifest.name,
+            "version": manifest.version,
+            "artifact_sha256": manifest.artifact.sha256,
+            "golden_sha256": manifest.golden.sha256,
+            "inputs": [s.model_dump() for s in manifest.inputs],
+            "outputs": [s.model_dump() for s in manifest.outputs],
+            "report": {"accuracy": accuracy, "size_bytes": manifest.artifact.size},
+        },
+        plan=False,
+    )
+    return f"{manifest.name}:{manifest.version}"
+
+
+def running(client: ApiClient) -> dict[str, str | None]:
+    return {row["device_id"]: (row["report"] or {}).get("running") for row in client.fleet()}
+
+
+@pytest.mark.slow
+def test_rollouts_halt_on_failing_devices_roll_back_and_survive_a_server_restart(
+    tmp_path: Path, mosquitto: Broker
+) -> None:
+    server = ServerProcess(tmp_path / "server", mosquitto.port)
+    agents: list[AgentProcess] = []
+    try:
+        server.wait_ready()
+        client = ApiClient(server.url)
+        weights = np.random.default_rng(0).normal(size=(64, 10)).astype(np.float32)
+        base = register(client, upload_version(server.url, "base", weights, 0), 0.9)
+        big = register(client, upload_version(server.url, "big", weights, 100_000), 0.5)
+        good = register(client, upload_version(server.url, "good", weights * 1.01, 0), 0.5)
+        client.plan()
+        for index in range(DEVICES):
+            agents.append(
+                AgentProcess(
+                    f"dev-{index:02d}",
+                    ROOMY if index % 2 == 0 else SMALL,
+                    tmp_path,
+                    mosquitto.port,
+                    inferences=20,
+                    telemetry_interval_s=30,
+                    probation_s=0.3,
+                )
+            )
+        wait_until(
+            lambda: list(running(client).values()) == [base] * DEVICES,
+            120,
+            "every device to run the base model",
+        )
+
+        # 1. A model too big for the small devices: halts in the wave that reaches dev-01.
+        halted = client.create_rollout(
+            big, waves=["1", "30%", "100%"], criteria={"max_failure_rate": 0.0}
+        )
+        assert [w["cumulative_size"] for w in halted["waves"]] == [1, 3, 10]
+        status = wait_until(
+            lambda: (s := client.rollout(halted["id"]))["state"] == "halted" and s,
+            120,
+            "the big rollout to halt",
+        )
+        assert status["current_wave"] == 2
+        assert "dev-01" in status["reason"] and "size" in status["reason"]
+        steps = {d["device_id"]: d["step"] for d in status["devices"]}
+        assert steps["dev-00"] == "committed" and steps["dev-01"] == "failed"
+        assert {steps[f"dev-{i:02d}"] for i in range(3, DEVICES)} == {"pending"}
+        now = running(client)
+        assert now["dev-00"] == big and now["dev-01"] == base
+        assert all(now[f"dev-{i:02d}"] == base for i in range(3, DEVICES)), now
+        with pytest.raises(ApiError, match="HTTP 409"):
+            client.rollout_action(halted["id"], "resume")
+
+        # 2. The operator rolls it back: every touched device returns to the base model.
+        client.rollout_action(halted["id"], "rollback")
+        wait_until(
+            lambda: list(running(client).values()) == [base] * DEVICES,
+            120,
+            "the rollback to reach every device",
+        )
+
+        # 3. A good model to the roomy devices; the server dies after the first wave.
+        rollout = client.create_rollout(good, target={"profile": "roomy"}, waves=["1", "3", "100%"])
+        wait_until(
+            lambda: client.rollout(rollout["id"])["current_wave"] >= 2,
+            120,
+            "the first wave of the good rollout to pass",
+        )
+        server.kill()
+        time.sleep(1)
+        server = ServerProcess(tmp_path / "server", mosquitto.port, port=server.port)
+        server.wait_ready()
+        client = ApiClient(server.url)
+        done = wait_until(
+            lambda: (s := client.rollout(rollout["id"]))["state"] == "completed" and s,
+            180,
+            "the good rollout to complete after the restart",
+        )
+        assert {d["step"] for d in done["devices"]} == {"committed"}
+        now = running(client)
+        assert {d: m for d, m in now.items() if int(d[-2:]) % 2 == 0} == {
+            f"dev-{i:02d}": good for i in range(0, DEVICES, 2)
+        }
+        db = sqlite3.connect(tmp_path / "server" / "edgeloop.db")
+        sent_to = db.execute(
+            "SELECT device_id, COUNT(*) FROM reports WHERE model = ? GROUP BY device_id", (good,)
+        ).fetchall()
+        db.close()
+        assert dict(sent_to) == {f"dev-{i:02d}": 1 for i in range(0, DEVICES, 2)}, (
+            "each device applied the rollout's model exactly once"
+        )
+        page = client.rollouts(limit=1)
+        assert page["total"] == 2 and [r["id"] for r in page["items"]] == [rollout["id"]]
+    finally:
+        for agent in agents:
+            agent.stop()
+        server.stop()
