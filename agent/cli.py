@@ -59,6 +59,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--telemetry-interval", dest="telemetry_interval_s", type=float)
     run.add_argument("--probation", dest="probation_s", type=float, help="seconds (default 30)")
     run.add_argument("--endpoint-port", type=int, help="local endpoint port (0: any free)")
+    run.add_argument(
+        "--tag", dest="tags", action="append", help="a label rollouts can target (repeatable)"
+    )
     return parser
 
 
@@ -71,6 +74,7 @@ RUN_FLAGS = (
     "telemetry_interval_s",
     "probation_s",
     "endpoint_port",
+    "tags",
 )
 
 

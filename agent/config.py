@@ -5,6 +5,7 @@ Example ``agent.toml``::
     device_id = "pi-kitchen-01"
     broker = "mqtt.example.net:1883"
     workdir = "/var/lib/edgeloop-agent"
+    tags = ["site:kitchen", "camera"]
     inferences = 200              # measured inferences per applied model
     telemetry_interval_s = 10.0
     endpoint_port = 8470          # local inference endpoint on 127.0.0.1 (0: any free port)
@@ -38,6 +39,7 @@ class AgentConfig(BaseModel):
     broker: str = Field(default="127.0.0.1:1883", description="MQTT broker as host:port")
     workdir: Path = Path("/var/lib/edgeloop-agent")
     profile: DeviceProfile
+    tags: list[str] = Field(default_factory=list, description="labels rollouts can target")
     inferences: int = Field(default=200, ge=1, description="measured inferences per model")
     telemetry_interval_s: float = Field(default=10.0, gt=0)
     keepalive_s: int = Field(default=15, ge=5)

@@ -145,6 +145,7 @@ class Agent:
             },
             available_providers=ort.get_available_providers(),
             current_model=record.committed.label if record.committed else None,
+            tags=self.config.tags,
         )
         client.publish(self._topic(Channel.HELLO), encode(hello), qos=1)
         self._publish_status(self._status(record.state, record))

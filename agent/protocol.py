@@ -187,6 +187,10 @@ class Hello(_Message):
     platform: dict[str, str | int | float] = Field(default_factory=dict)
     available_providers: list[str] = Field(default_factory=list)
     current_model: str | None = Field(default=None, description="`name:version` running now")
+    tags: list[str] = Field(
+        default_factory=list,
+        description="the device's own labels, e.g. site:berlin; rollouts target them",
+    )
 
 
 class Status(_Message):

@@ -60,6 +60,7 @@ class Fleet:
             device.profile = profile
             device.platform = dict(hello.platform)
             device.agent_version = hello.agent_version
+            device.tags = sorted(set(hello.tags))
             device.online = True
             device.current_model = hello.current_model
             device.last_seen = datetime.now(UTC)
@@ -183,7 +184,7 @@ class Fleet:
         retained message was lost with a broker restart); the revision stays the same.
         """
         profile = DeviceProfile.model_validate(device.profile)
-        versions = list(db.scalars(select(ModelVersion)))
+        versions = list(db.scalars(select(ModelVersion).where(ModelVersion.retired_at.is_(None))))
         choice = choose_model(profile, [_candidate(v) for v in versions])
         chosen = next(
             (v for v in versions if choice.candidate and v.id == choice.candidate.id), None

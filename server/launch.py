@@ -110,6 +110,7 @@ class AgentProcess(ManagedProcess):
         probation_s: float = 1.0,
         endpoint_port: int = 0,
         env: dict[str, str] | None = None,
+        tags: list[str] | None = None,
     ) -> None:
         self.device_id = device_id
         self.workdir = workdir / "devices" / device_id
@@ -134,5 +135,6 @@ class AgentProcess(ManagedProcess):
             str(probation_s),
             "--endpoint-port",
             str(endpoint_port),
+            *[arg for tag in tags or [] for arg in ("--tag", tag)],
         ]
         super().__init__(device_id, argv, workdir / "logs" / f"agent-{device_id}.log", env)

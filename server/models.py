@@ -56,6 +56,9 @@ class ModelVersion(Base):
     golden_rtol: Mapped[float]
     report: Mapped[dict[str, Any]] = mapped_column(default=dict)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    retired_at: Mapped[datetime | None] = mapped_column(
+        default=None, doc="set by retention: no longer offered to the planner or rollouts"
+    )
 
     @property
     def label(self) -> str:

@@ -215,6 +215,8 @@ class RolloutController:
             )
             if model is None:
                 raise RolloutError(f"no model {request.model!r}; push it first")
+            if model.retired_at is not None:
+                raise RolloutError(f"model {request.model!r} is retired")
             devices = [
                 d
                 for d in db.scalars(select(Device).order_by(Device.id))
