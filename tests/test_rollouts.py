@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from helpers import wait_until
 
-from edgeloop.agent.protocol import DeviceProfile, ModelManifest
+from edgeloop.agent.protocol import DeviceProfile, ModelManifest, TensorSpec
 from edgeloop.server.agentbench import upload_version
 from edgeloop.server.broker import Broker
 from edgeloop.server.client import ApiClient, ApiError
@@ -159,3 +159,172 @@ def test_rollouts_halt_on_failing_devices_roll_back_and_survive_a_server_restart
         for agent in agents:
             agent.stop()
         server.stop()
+
+
+# --------------------------------------------------------------------------- engine, in-process
+
+
+class FleetOnDisk:
+    """A Fleet on a real SQLite file, recording every desired state it publishes."""
+
+    def __init__(self, path: Path) -> None:
+        from edgeloop.server.db import make_engine, make_sessionmaker
+        from edgeloop.server.fleet import Fleet
+        from edgeloop.server.rollouts import RolloutController
+
+        self.fleet = Fleet(make_sessionmaker(make_engine(f"sqlite:///{path}")), "http://h")
+        self.sent: list = []
+        self.fleet.publish = self.sent.append
+        self.controller = RolloutController(self.fleet)
+        for sha in ("a" * 64, "b" * 64):
+            self.fleet.record_artifact(sha, 10)
+        for version, accuracy in (("1", 0.9), ("2", 0.5), ("3", 0.5)):
+            self.fleet.register_model(
+                name="m",
+                version=version,
+                artifact_sha256="a" * 64,
+                golden_sha256="b" * 64,
+                inputs=[TensorSpec(name="x", dtype="float32", shape=["batch", 4])],
+                outputs=[TensorSpec(name="y", dtype="float32", shape=["batch", 2])],
+                golden_atol=1e-3,
+                golden_rtol=1e-3,
+                report={"accuracy": accuracy, "size_bytes": 10},
+                plan=False,
+            )
+
+    def hello(self, device_id: str, profile: DeviceProfile = ROOMY, tags=()) -> None:
+        from edgeloop.agent.protocol import Hello
+
+        self.fleet.on_hello(
+            Hello(device_id=device_id, agent_version="t", profile=profile, tags=list(tags))
+        )
+
+    def revisions(self, device_id: str) -> list[tuple[int, str | None]]:
+        return [
+            (d.revision, d.model.version if d.model else None)
+            for d in self.sent
+            if d.device_id == device_id
+        ]
+
+    def report(self, device_id: str, ok: bool = True, **fields) -> None:
+        from edgeloop.agent.protocol import Report
+
+        revision = self.revisions(device_id)[-1][0]
+        self.fleet.on_report(
+            Report(
+                device_id=device_id,
+                revision=revision,
+                model="m:x",
+                artifact_sha256="a" * 64,
+                ok=ok,
+                phase="committed" if ok else "failed",
+                verified=True,
+                running="m:x",
+                **fields,
+            )
+        )
+
+    def steps(self, rollout_id: int) -> dict[str, str]:
+        return {d["device_id"]: d["step"] for d in self.controller.status(rollout_id)["devices"]}
+
+
+@pytest.fixture()
+def fleet(tmp_path: Path) -> FleetOnDisk:
+    on_disk = FleetOnDisk(tmp_path / "fleet.db")
+    for index in range(4):
+        on_disk.hello(f"d{index}", tags=["lab"] if index < 3 else [])
+    return on_disk
+
+
+def test_waves_advance_only_on_reports_and_each_device_gets_one_revision(
+    fleet: FleetOnDisk,
+) -> None:
+    rollout = fleet.controller.create(RolloutCreate(model="m:2", waves=["50%", "100%"]))
+    fleet.controller.tick()
+    assert fleet.steps(rollout) == {"d0": "sent", "d1": "sent", "d2": "pending", "d3": "pending"}
+    fleet.controller.tick()
+    assert fleet.revisions("d0") == [(1, "1"), (2, "2")], "no second revision for the same wave"
+    fleet.report("d0")
+    fleet.report("d1")
+    fleet.controller.tick()  # wave 1 passes
+    fleet.controller.tick()  # wave 2 is sent
+    assert fleet.steps(rollout)["d3"] == "sent"
+    for device in ("d2", "d3"):
+        fleet.report(device)
+    fleet.controller.tick()
+    assert fleet.controller.status(rollout)["state"] == "completed"
+    fleet.fleet.plan_all()
+    assert fleet.revisions("d3")[-1] == (2, "2"), "the planner leaves rollout devices alone"
+
+
+def test_a_newer_rollout_supersedes_the_older_one_on_shared_devices(fleet: FleetOnDisk) -> None:
+    older = fleet.controller.create(RolloutCreate(model="m:2", waves=["100%"]))
+    fleet.controller.tick()
+    newer = fleet.controller.create(
+        RolloutCreate(model="m:3", target={"tags": ["lab"]}, waves=["100%"])
+    )
+    assert fleet.steps(older) == {
+        "d0": "superseded",
+        "d1": "superseded",
+        "d2": "superseded",
+        "d3": "sent",
+    }
+    fleet.report("d3")
+    fleet.controller.tick()
+    assert fleet.controller.status(older)["state"] == "completed", "never waits on lost devices"
+    fleet.controller.tick()
+    assert set(fleet.steps(newer).values()) == {"sent"}
+    assert fleet.revisions("d0")[-1] == (3, "3")
+
+
+def test_a_device_registering_mid_rollout_joins_the_running_wave(fleet: FleetOnDisk) -> None:
+    rollout = fleet.controller.create(
+        RolloutCreate(model="m:2", target={"tags": ["lab"]}, waves=["100%"])
+    )
+    fleet.controller.tick()
+    fleet.hello("d9", tags=["lab"])
+    fleet.hello("other", tags=["elsewhere"])
+    fleet.controller.tick()
+    steps = fleet.steps(rollout)
+    assert steps["d9"] == "sent" and "other" not in steps
+
+
+def test_silent_devices_time_out_and_halt_the_wave_and_cancel_stops_everything(
+    fleet: FleetOnDisk,
+) -> None:
+    import time
+
+    halting = fleet.controller.create(
+        RolloutCreate(
+            model="m:2",
+            waves=["1", "100%"],
+            criteria={"wave_timeout_s": 0.2, "max_failure_rate": 0.0},
+        )
+    )
+    fleet.controller.tick()
+    time.sleep(0.3)
+    fleet.controller.tick()
+    status = fleet.controller.status(halting)
+    assert status["state"] == "halted" and "no report within" in status["reason"]
+    fleet.controller.cancel(halting)
+    fleet.controller.tick()
+    assert fleet.steps(halting)["d3"] == "pending", "a cancelled rollout sends nothing more"
+    with pytest.raises(ValueError, match="cancelled"):
+        fleet.controller.rollback(halting)
+
+
+def test_a_failed_report_or_one_over_budget_halts(fleet: FleetOnDisk) -> None:
+    rollout = fleet.controller.create(
+        RolloutCreate(model="m:2", waves=["2", "100%"], criteria={"max_failure_rate": 0.5})
+    )
+    fleet.controller.tick()
+    fleet.report("d0", within_budget=False, budget_detail={"latency": False})
+    fleet.controller.tick()
+    assert fleet.controller.status(rollout)["state"] == "running", "1 of 2 is within 50%"
+    fleet.report("d1", ok=False, gate="golden", error="max abs error 3")
+    fleet.controller.tick()
+    status = fleet.controller.status(rollout)
+    assert status["state"] == "halted"
+    assert "over budget" in status["reason"] and "golden" in status["reason"]
+    assert fleet.controller.rollback(rollout) == 2
+    assert fleet.revisions("d0")[-1] == (3, "1")
