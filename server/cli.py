@@ -63,6 +63,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     compress.add_argument("--version", help="version to register (default: a content hash)")
 
+    from .operator_cli import add_commands
+
+    add_commands(commands)
+
     bench = commands.add_parser("bench", help="run a benchmark and write its figures")
     bench.add_argument("name", help="benchmark name: demo, compress, agent")
     bench.add_argument("--json", type=Path, dest="json_path", help="write figures as JSON")
@@ -95,6 +99,10 @@ def main(argv: list[str] | None = None) -> int:
         return 0 if result.ok else 1
     if args.command == "compress":
         return _compress(args)
+    if args.command in ("devices", "rollout"):
+        from .operator_cli import run
+
+        return run(args)
     if args.command == "bench":
         from .bench import BENCHES, write_bench
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from typing import TypeVar
@@ -22,3 +24,10 @@ def wait_until(predicate: Callable[[], T], timeout_s: float, what: str) -> T:
             f"timed out after {timeout_s:.0f}s waiting for {what}; last: {value!r}"
         )
     return value
+
+
+def run_command(module: str, *args: str) -> subprocess.CompletedProcess[str]:
+    """Run ``python -m module args...`` as an operator would, capturing its output."""
+    return subprocess.run(
+        [sys.executable, "-m", module, *args], capture_output=True, text=True, timeout=60
+    )

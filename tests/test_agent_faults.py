@@ -9,10 +9,10 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from helpers import run_command
 
 from edgeloop.server.agentbench import (
     PROFILE,
@@ -54,12 +54,7 @@ def test_telemetry_produced_while_the_broker_is_down_arrives_complete_and_in_ord
 
 
 def agent_cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "edgeloop.agent.cli", *args],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    return run_command("edgeloop.agent.cli", *args)
 
 
 def test_status_and_rollback_commands_work_with_and_without_a_running_agent(

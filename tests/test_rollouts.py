@@ -8,13 +8,15 @@ device is sent the model twice.
 
 from __future__ import annotations
 
+import json
 import sqlite3
+import subprocess
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import wait_until
+from helpers import run_command, wait_until
 
 from edgeloop.agent.protocol import DeviceProfile, ModelManifest, TensorSpec
 from edgeloop.server.agentbench import upload_version
@@ -328,3 +330,23 @@ def test_a_failed_report_or_one_over_budget_halts(fleet: FleetOnDisk) -> None:
     assert "over budget" in status["reason"] and "golden" in status["reason"]
     assert fleet.controller.rollback(rollout) == 2
     assert fleet.revisions("d0")[-1] == (3, "1")
+
+
+def edgeloop(*args: str) -> subprocess.CompletedProcess[str]:
+    return run_command("edgeloop.server.cli", *args)
+
+
+def test_the_operator_cli_drives_rollouts_over_the_rest_api(server: ServerProcess) -> None:
+    url = ["--server", server.url]
+    missing = edgeloop("rollout", "create", "nothing:1", *url)
+    assert missing.returncode == 2
+    assert "no model 'nothing:1'" in missing.stderr and "Traceback" not in missing.stderr
+    listed = edgeloop("rollout", "status", *url, "--json")
+    assert listed.returncode == 0 and json.loads(listed.stdout)["total"] == 0
+    unknown = edgeloop("rollout", "pause", "42", *url)
+    assert unknown.returncode == 2 and "HTTP 404" in unknown.stderr
+    bad = edgeloop("rollout", "cancel", "first", *url)
+    assert bad.returncode == 2 and "needs a rollout ID" in bad.stderr
+    devices = edgeloop("devices", "ls", *url, "--json")
+    assert devices.returncode == 0 and json.loads(devices.stdout) == []
+    assert "0 devices" in edgeloop("devices", "ls", *url).stdout
