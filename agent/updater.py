@@ -259,11 +259,11 @@ class Updater:
                 cpu_seconds=measurement.cpu_seconds, inferences=measurement.latency.n
             )
             rss = peak_rss_mb()
-            check_budgets(measurement.latency, rss, profile)
         except GateError as exc:
             log.error("validation refused %s: %s", contents.label, exc)
             return self._fail(Event.REJECTED, exc.gate, str(exc))
-        self._validated = LoadedModel.of(contents.label, session, manifest)
+        # Kept even when a budget refuses the model: the server calibrates its picture of
+        # this device class from what the device measured, over budget or not.
         self.record = self.record.model_copy(
             update={
                 "measured": Measured(
@@ -275,6 +275,12 @@ class Updater:
                 )
             }
         )
+        try:
+            check_budgets(measurement.latency, rss, profile)
+        except GateError as exc:
+            log.error("validation refused %s: %s", contents.label, exc)
+            return self._fail(Event.REJECTED, exc.gate, str(exc))
+        self._validated = LoadedModel.of(contents.label, session, manifest)
         log.info(
             "%s passed every gate: p95 %.3f ms, peak RSS %.1f MB",
             contents.label,

@@ -5,9 +5,12 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
 
-from .api.routes import artifacts, devices, models, rollouts
+from .api.routes import artifacts, devices, loop, models, rollouts
 from .config import Settings
 from .db import make_engine, make_sessionmaker
 from .fleet import Fleet
@@ -47,11 +50,28 @@ def create_app(settings: Settings, *, with_mqtt: bool = True) -> FastAPI:
     app.state.store = ArtifactStore(settings.artifact_dir)
     app.state.bridge = bridge
     app.state.rollouts = controller
-    for module in (artifacts, models, devices, rollouts):
+    for module in (artifacts, models, devices, rollouts, loop):
         app.include_router(module.router)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid_request(_request: Request, exc: RequestValidationError) -> JSONResponse:
+        return JSONResponse(status_code=422, content=validation_body(exc))
 
     @app.get("/healthz", tags=["health"])
     def healthz() -> dict[str, object]:
         return {"ok": True, "mqtt_connected": bridge.connected.is_set() if bridge else None}
 
     return app
+
+
+def validation_body(exc: RequestValidationError) -> dict[str, object]:
+    """Every error answers ``{"detail": str}``; a validation error also lists its parts under
+    ``errors`` (FastAPI's default puts a list in ``detail``, which clients then special-case)."""
+    parts = []
+    for error in exc.errors():
+        where = ".".join(str(part) for part in error.get("loc", ()))
+        parts.append(f"{where}: {error.get('msg', 'invalid')}")
+    return {
+        "detail": "; ".join(parts) or "invalid request",
+        "errors": jsonable_encoder(exc.errors()),
+    }

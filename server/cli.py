@@ -63,6 +63,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     compress.add_argument("--version", help="version to register (default: a content hash)")
 
+    database = commands.add_parser(
+        "db", help="database schema: upgrade to the newest revision, or show the current one"
+    )
+    database.add_argument("action", choices=["upgrade", "current"])
+    database.add_argument(
+        "--database-url",
+        default=None,
+        help="SQLAlchemy URL (default: env EDGELOOP_DATABASE_URL, else the SQLite file in "
+        "--workdir)",
+    )
+    database.add_argument("--workdir", type=Path, default=Path(".edgeloop/server"))
+
     from .operator_cli import add_commands
 
     add_commands(commands)
@@ -99,7 +111,9 @@ def main(argv: list[str] | None = None) -> int:
         return 0 if result.ok else 1
     if args.command == "compress":
         return _compress(args)
-    if args.command in ("devices", "rollout"):
+    if args.command == "db":
+        return _database(args)
+    if args.command in ("devices", "models", "rollout", "telemetry"):
         from .operator_cli import run
 
         return run(args)
@@ -161,18 +175,44 @@ def _compress(args: argparse.Namespace) -> int:
     print(f"report: {out / 'report.json'}  plot: {out / 'pareto.png'}")
     if result.chosen is None:
         return 1
-    if args.push:
-        from edgeloop.compressor.compress import built_model
-        from edgeloop.server.client import ApiClient, ApiError
+    from edgeloop.compressor.compress import built_model
+    from edgeloop.server.client import ApiClient, ApiError
 
-        version = args.version or result.chosen.key[:12]
+    version = args.version or result.chosen.key[:12]
+    try:
+        built = built_model(task, result, out, name=name, version=version)
+    except ValueError as exc:
+        print(f"edgeloop compress: not publishable: {exc}", file=sys.stderr)
+        return 1 if args.push else 0
+    # What `edgeloop models push DIR` registers as the version's metadata.
+    (out / "model_report.json").write_text(built.report.model_dump_json(indent=2))
+    if args.push:
         try:
-            built = built_model(task, result, out, name=name, version=version)
             ApiClient(args.push).push_model(built)
-        except (ValueError, ApiError) as exc:
+        except ApiError as exc:
             print(f"edgeloop compress: not pushed: {exc}", file=sys.stderr)
             return 1
         print(f"registered {name}:{version} at {args.push}")
+    return 0
+
+
+def _database(args: argparse.Namespace) -> int:
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from .config import Settings
+    from .db import current_revision, make_engine
+
+    url = args.database_url or Settings.for_workdir(args.workdir, http_port=0).database_url
+    try:
+        engine = make_engine(url, migrate_schema=args.action == "upgrade")
+        revision = current_revision(engine)
+    except SQLAlchemyError as exc:
+        print(
+            f"edgeloop db: {url}: {exc.__class__.__name__}: {exc}".splitlines()[0], file=sys.stderr
+        )
+        return 2
+    engine.dispose()
+    print(f"{url.split('@')[-1]}: schema revision {revision or 'none (empty database)'}")
     return 0
 
 

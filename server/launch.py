@@ -18,14 +18,22 @@ import requests
 from edgeloop.agent.protocol import DeviceProfile
 
 from .broker import free_port
+from .emulation import Confinement, DeviceClass
 
 
 class ManagedProcess:
     def __init__(
-        self, name: str, argv: list[str], log_path: Path, env: dict[str, str] | None = None
+        self,
+        name: str,
+        argv: list[str],
+        log_path: Path,
+        env: dict[str, str] | None = None,
+        *,
+        confinement: Confinement | None = None,
     ) -> None:
         self.name = name
         self.log_path = log_path
+        self.confinement = confinement
         log_path.parent.mkdir(parents=True, exist_ok=True)
         self._log = log_path.open("ab")
         self.process = subprocess.Popen(
@@ -33,7 +41,14 @@ class ManagedProcess:
             stdout=self._log,
             stderr=subprocess.STDOUT,
             env={**os.environ, **env} if env else None,
+            preexec_fn=confinement.preexec if confinement else None,
         )
+        if confinement is not None:
+            try:
+                confinement.apply(self.process.pid)
+            except BaseException:
+                self.kill()
+                raise
 
     @property
     def pid(self) -> int:
@@ -50,7 +65,7 @@ class ManagedProcess:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
-        self._log.close()
+        self._closed()
         return self.process.returncode
 
     def kill(self) -> int:
@@ -58,15 +73,27 @@ class ManagedProcess:
         if self.alive():
             self.process.kill()
             self.process.wait()
-        self._log.close()
+        self._closed()
         return self.process.returncode
+
+    def _closed(self) -> None:
+        self._log.close()
+        if self.confinement is not None:
+            self.confinement.release()
 
     def log_tail(self, lines: int = 20) -> str:
         return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
 
 
 class ServerProcess(ManagedProcess):
-    def __init__(self, workdir: Path, mqtt_port: int, port: int | None = None) -> None:
+    def __init__(
+        self,
+        workdir: Path,
+        mqtt_port: int,
+        port: int | None = None,
+        database_url: str | None = None,
+    ) -> None:
+        """``database_url``: e.g. PostgreSQL; by default a SQLite file in ``workdir``."""
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         argv = [
@@ -81,7 +108,8 @@ class ServerProcess(ManagedProcess):
             "--mqtt",
             f"127.0.0.1:{mqtt_port}",
         ]
-        super().__init__("server", argv, workdir / "logs" / "server.log")
+        env = {"EDGELOOP_DATABASE_URL": database_url} if database_url else None
+        super().__init__("server", argv, workdir / "logs" / "server.log", env)
 
     def wait_ready(self, timeout_s: float = 30.0) -> None:
         deadline = time.monotonic() + timeout_s
@@ -111,7 +139,15 @@ class AgentProcess(ManagedProcess):
         endpoint_port: int = 0,
         env: dict[str, str] | None = None,
         tags: list[str] | None = None,
+        device_class: DeviceClass | None = None,
     ) -> None:
+        """``device_class`` confines the agent to an emulated class (``server/emulation.py``);
+        the profile must announce the class's thread count."""
+        if device_class is not None and profile.cpu_threads != device_class.threads:
+            raise ValueError(
+                f"profile {profile.name!r} has {profile.cpu_threads} threads but device class "
+                f"{device_class.name} has {device_class.threads}: use device_class.profile(...)"
+            )
         self.device_id = device_id
         self.workdir = workdir / "devices" / device_id
         argv = [
@@ -137,4 +173,10 @@ class AgentProcess(ManagedProcess):
             str(endpoint_port),
             *[arg for tag in tags or [] for arg in ("--tag", tag)],
         ]
-        super().__init__(device_id, argv, workdir / "logs" / f"agent-{device_id}.log", env)
+        super().__init__(
+            device_id,
+            argv,
+            workdir / "logs" / f"agent-{device_id}.log",
+            env,
+            confinement=Confinement(device_class) if device_class else None,
+        )

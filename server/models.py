@@ -1,11 +1,14 @@
-"""Database tables. Columns use the protocol's words (phase, revision, sha256)."""
+"""Database tables. Columns use the protocol's words (phase, revision, sha256).
+
+A change here needs a migration: ``alembic -c server/migrations/alembic.ini revision
+--autogenerate -m "what changed"`` (see docs/operations.md); tests check they agree."""
 
 from __future__ import annotations
 
 from datetime import UTC, datetime
 from typing import Any, ClassVar
 
-from sqlalchemy import JSON, ForeignKey, Index, String, UniqueConstraint
+from sqlalchemy import JSON, DateTime, ForeignKey, Index, String, UniqueConstraint
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 
@@ -14,7 +17,13 @@ def utcnow() -> datetime:
 
 
 class Base(DeclarativeBase):
-    type_annotation_map: ClassVar = {dict[str, Any]: JSON, list[Any]: JSON}
+    # Times are stored as UTC with their zone where the database keeps one (PostgreSQL
+    # timestamptz); SQLite hands them back naive, which readers treat as UTC.
+    type_annotation_map: ClassVar = {
+        dict[str, Any]: JSON,
+        list[Any]: JSON,
+        datetime: DateTime(timezone=True),
+    }
 
 
 class Device(Base):
@@ -138,3 +147,33 @@ class RolloutDevice(Base):
     sent_revision: Mapped[int | None] = mapped_column(default=None)
     sent_at: Mapped[datetime | None] = mapped_column(default=None)
     detail: Mapped[str] = mapped_column(default="")
+
+
+class LoopDecision(Base):
+    """One decision of the compression loop for one device class, with the numbers behind it
+    (measured figures, predictions, budget, calibration fit), for ``edgeloop loop history``."""
+
+    __tablename__ = "loop_decisions"
+    __table_args__ = (Index("ix_loop_decisions_loop_round", "loop", "round"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    loop: Mapped[str] = mapped_column(String(128), doc="the model family the loop tunes")
+    round: Mapped[int]
+    profile: Mapped[str] = mapped_column(String(64))
+    action: Mapped[str] = mapped_column(String(16), doc="deploy, keep, unreachable, stop")
+    model: Mapped[str | None] = mapped_column(default=None)
+    reason: Mapped[str]
+    figures: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class Calibration(Base):
+    """The server's picture of a device class: the cost model's calibration fitted from the
+    devices' own reports (``edgeloop.compressor.costmodel.Calibration`` as JSON)."""
+
+    __tablename__ = "calibrations"
+
+    profile: Mapped[str] = mapped_column(String(64), primary_key=True)
+    calibration: Mapped[dict[str, Any]]
+    observations: Mapped[int] = mapped_column(default=0)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)

@@ -1,4 +1,5 @@
-"""Operator commands over the REST API: ``edgeloop devices ls``, ``edgeloop rollout ...``.
+"""Operator commands over the REST API: ``edgeloop devices``, ``edgeloop models``,
+``edgeloop rollout``, ``edgeloop telemetry``.
 
 Everything goes through :class:`ApiClient` (HTTP), so these commands work from any machine that
 reaches the control plane. Output is a rich table, or JSON with ``--json``; a refused request
@@ -8,9 +9,11 @@ prints ``edgeloop: <the server's reason>`` and exits 2.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import sys
+from pathlib import Path
 from typing import Any
 
 from rich.console import Console
@@ -31,9 +34,37 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
         sub.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
     devices = commands.add_parser("devices", help="the device registry")
-    devices.add_argument("action", choices=["ls"])
-    devices.add_argument("--profile", help="only devices of this profile")
+    devices.add_argument("action", choices=["ls", "show"])
+    devices.add_argument("device", nargs="?", help="show: the device id")
+    devices.add_argument("--profile", help="ls: only devices of this profile")
+    devices.add_argument("--tag", action="append", default=[], help="ls: carrying tag (repeat)")
+    devices.add_argument("--online", action="store_true", help="ls: only online devices")
     common(devices)
+
+    models = commands.add_parser("models", help="model versions in the registry")
+    models.add_argument("action", choices=["push", "ls", "retire", "retention"])
+    models.add_argument(
+        "path",
+        nargs="?",
+        help="push: a compressor output dir (model.onnx, golden.npz, model_report.json) or an "
+        ".onnx file; retire: NAME:VERSION",
+    )
+    models.add_argument("--report", type=Path, help="push: report JSON (needs `accuracy`)")
+    models.add_argument("--golden", type=Path, help="push: golden npz (default: next to FILE)")
+    models.add_argument("--name", help="push: model name (default: dir or file name)")
+    models.add_argument("--version", help="push: version (default: model hash, 12 hex)")
+    models.add_argument(
+        "--no-plan", action="store_true", help="push: register without re-planning the fleet"
+    )
+    models.add_argument("--all", action="store_true", help="ls: include retired versions")
+    models.add_argument("--keep", type=int, default=3, help="retention: live versions per name")
+    common(models)
+
+    telemetry = commands.add_parser("telemetry", help="a device's recent telemetry")
+    telemetry.add_argument("device", help="device id")
+    telemetry.add_argument("--since", help="ISO 8601 time, e.g. 2026-12-01T10:00:00Z")
+    telemetry.add_argument("--limit", type=int, default=20, help="newest N samples")
+    common(telemetry)
 
     rollout = commands.add_parser("rollout", help="staged rollouts of a model version")
     rollout.add_argument(
@@ -55,6 +86,10 @@ def run(args: argparse.Namespace) -> int:
     try:
         if args.command == "devices":
             return _devices(client, args, console)
+        if args.command == "models":
+            return _models(client, args, console)
+        if args.command == "telemetry":
+            return _telemetry(client, args, console)
         return _rollout(client, args, console)
     except ApiError as exc:
         print(f"edgeloop: {exc}", file=sys.stderr)
@@ -62,27 +97,187 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _devices(client: ApiClient, args: argparse.Namespace, console: Console) -> int:
-    rows = [r for r in client.fleet() if not args.profile or r["profile"]["name"] == args.profile]
+    if args.action == "show":
+        if not args.device:
+            raise ApiError("devices show needs a DEVICE id")
+        detail = client.device(args.device)
+        if args.json:
+            print(json.dumps(detail, indent=1))
+            return 0
+        _print_device(detail, console)
+        return 0
+    rows = client.devices(
+        profile=args.profile, tags=args.tag or None, online=True if args.online else None
+    )
     if args.json:
         print(json.dumps(rows, indent=1))
         return 0
     table = Table(title=f"{len(rows)} devices")
-    for column in ("device", "profile", "online", "phase", "desired", "running", "p95 ms"):
+    for column in (
+        "device",
+        "profile",
+        "tags",
+        "online",
+        "phase",
+        "desired",
+        "running",
+        "last seen",
+    ):
         table.add_column(column)
     for row in rows:
-        report = row["report"] or {}
-        latency = report.get("latency") or {}
+        desired = row["desired"] or {}
         table.add_row(
             row["device_id"],
             row["profile"]["name"],
-            "yes" if row["online"] else "no",
+            ",".join(row["tags"]) or "-",
+            "yes" if row["online"] else "[red]no[/]",
             row["phase"],
-            f"{row['desired_model'] or '-'} (rev {row['desired_revision']})",
-            report.get("running") or "-",
-            f"{latency['p95_ms']:.3f}" if latency else "-",
+            f"{desired.get('model') or '-'} (rev {desired.get('revision', '-')})",
+            row["current_model"] or "-",
+            (row["last_seen"] or "-")[:19],
         )
     console.print(table)
     return 0
+
+
+def _print_device(detail: dict[str, Any], console: Console) -> None:
+    profile = detail["profile"]
+    desired = detail["desired"] or {}
+    console.print(
+        f"[bold]{detail['device_id']}[/] ({profile['name']}: {profile['cpu_threads']} threads, "
+        f"p95 budget {profile['latency_budget_ms']} ms, memory {profile['memory_budget_mb']} MB) "
+        f"{'online' if detail['online'] else '[red]offline[/]'}, {detail['phase']}"
+    )
+    console.print(
+        f"running {detail['current_model'] or '-'} (previous {detail['previous_model'] or '-'});"
+        f" desired {desired.get('model') or '-'} rev {desired.get('revision', '-')}"
+        f" [{desired.get('source', '-')}]: {desired.get('reason', '')}"
+    )
+    report = detail["latest_report"]
+    if report:
+        latency = report.get("latency") or {}
+        console.print(
+            f"last report: {report['model']} {'ok' if report['ok'] else '[red]failed[/]'} "
+            f"({report.get('gate') or report['phase']}) p95 {latency.get('p95_ms', '-')} ms "
+            f"peak {report.get('peak_rss_mb', '-')} MB {report.get('error') or ''}"
+        )
+    sample = detail["latest_telemetry"]
+    if sample:
+        console.print(_telemetry_line(sample))
+
+
+def _telemetry_line(sample: dict[str, Any]) -> str:
+    latency = sample.get("latency") or {}
+    energy = sample.get("energy") or {}
+    return (
+        f"telemetry {sample['sent_at'][:19]}: {sample.get('model') or '-'} "
+        f"p50/p95/p99 {_ms(latency.get('p50_ms'))}/{_ms(latency.get('p95_ms'))}/"
+        f"{_ms(latency.get('p99_ms'))} ms, rss {sample['rss_mb']:.1f} MB, "
+        f"{_num(energy.get('avg_power_w'))} W, {_num(sample.get('temperature_c'))} °C"
+    )
+
+
+def _ms(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f}"
+
+
+def _models(client: ApiClient, args: argparse.Namespace, console: Console) -> int:
+    if args.action == "push":
+        return _push(client, args)
+    if args.action == "retire":
+        if not args.path:
+            raise ApiError("models retire needs NAME:VERSION")
+        model = client.retire_model(args.path)
+        print(f"retired {model['label']}")
+        return 0
+    if args.action == "retention":
+        retired = client.apply_retention(args.keep, args.name)["retired"]
+        print(f"retired {len(retired)}: {', '.join(retired) or '-'}")
+        return 0
+    rows = client.models(include_retired=args.all)
+    if args.json:
+        print(json.dumps(rows, indent=1))
+        return 0
+    table = Table(title=f"{len(rows)} model versions")
+    for column in ("model", "variant", "accuracy", "size KB", "host p95 ms", "created", "retired"):
+        table.add_column(column, justify="left" if column == "model" else "right")
+    for row in rows:
+        report = row["report"]
+        table.add_row(
+            row["label"],
+            str(report.get("variant", "-")),
+            f"{report['accuracy']:.4f}" if "accuracy" in report else "-",
+            f"{report.get('size_bytes', 0) / 1024:.1f}",
+            _ms(report.get("host_latency_p95_ms")),
+            row["created_at"][:19],
+            (row["retired_at"] or "-")[:19],
+        )
+    console.print(table)
+    return 0
+
+
+def _push(client: ApiClient, args: argparse.Namespace) -> int:
+    if not args.path:
+        raise ApiError("models push needs a compressor output DIR or an .onnx FILE")
+    path = Path(args.path)
+    if path.is_dir():
+        model, golden = path / "model.onnx", args.golden or path / "golden.npz"
+        report_path = args.report or path / "model_report.json"
+        name = args.name or path.name
+    else:
+        model, golden = path, args.golden or path.with_name("golden.npz")
+        report_path = args.report
+        name = args.name or path.stem
+    for label, file in (("model", model), ("golden file", golden), ("report", report_path)):
+        if file is None or not file.is_file():
+            raise ApiError(f"{label} not found: {file or 'give --report R'}")
+    try:
+        report = json.loads(report_path.read_text())
+    except ValueError as exc:
+        raise ApiError(f"{report_path} is not JSON: {exc}") from None
+    version = args.version or hashlib.sha256(model.read_bytes()).hexdigest()[:12]
+    registered = client.push_files(
+        model, golden, name=name, version=version, report=report, plan=not args.no_plan
+    )
+    print(f"registered {registered['label']} ({model.stat().st_size / 1024:.1f} KB)")
+    return 0
+
+
+def _telemetry(client: ApiClient, args: argparse.Namespace, console: Console) -> int:
+    page = client.telemetry(args.device, since=args.since, limit=args.limit)
+    if args.json:
+        print(json.dumps(page, indent=1))
+        return 0
+    table = Table(
+        title=f"{args.device}: {len(page['items'])} of {page['total']} samples, newest first"
+    )
+    for column in ("sent", "model", "source", "n", "p50 ms", "p95 ms", "p99 ms", "inf/s", "RSS MB",
+                   "W", "mJ/inf", "°C", "buffered"):  # fmt: skip
+        table.add_column(column, justify="left" if column in ("sent", "model") else "right")
+    for sample in page["items"]:
+        latency = sample.get("latency") or {}
+        energy = sample.get("energy") or {}
+        table.add_row(
+            sample["sent_at"][:19],
+            sample.get("model") or "-",
+            sample.get("latency_source") or "-",
+            str(latency.get("n", "-")),
+            _ms(latency.get("p50_ms")),
+            _ms(latency.get("p95_ms")),
+            _ms(latency.get("p99_ms")),
+            f"{sample['inferences_per_s']:.1f}" if sample.get("inferences_per_s") else "-",
+            f"{sample['rss_mb']:.1f}",
+            _num(energy.get("avg_power_w")),
+            _num(energy["joules_per_inference"] * 1000 if energy else None),
+            _num(sample.get("temperature_c")),
+            str(sample.get("buffered") if sample.get("buffered") is not None else "-"),
+        )
+    console.print(table)
+    return 0
+
+
+def _num(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}"
 
 
 def _rollout(client: ApiClient, args: argparse.Namespace, console: Console) -> int:

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from postgres import PostgresCluster, unavailable_reason
 
 from edgeloop.server.broker import Broker, EmbeddedBroker, MosquittoBroker, find_mosquitto
 from edgeloop.server.launch import ServerProcess
@@ -14,9 +17,37 @@ from edgeloop.server.launch import ServerProcess
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
-def pytest_report_header(config: pytest.Config) -> str:
+def pytest_report_header(config: pytest.Config) -> list[str]:
     mosquitto = find_mosquitto()
-    return f"mosquitto: {mosquitto or 'not installed (end-to-end tests that need it are skipped)'}"
+    return [
+        f"mosquitto: {mosquitto or 'not installed (end-to-end tests that need it are skipped)'}",
+        f"postgresql: {unavailable_reason() or 'initdb found: database tests run on both'}",
+    ]
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PostgresCluster]:
+    """A PostgreSQL cluster of our own (initdb in a temp dir, free port), for the session."""
+    reason = unavailable_reason()
+    if reason:
+        pytest.skip(reason)
+    # Not under pytest's tmp dir: that is private to root, and the cluster may run as nobody.
+    root = Path(tempfile.mkdtemp(prefix="edgeloop-pg-"))
+    cluster = PostgresCluster(root)
+    try:
+        yield cluster.start()
+    finally:
+        cluster.stop()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """Each database test runs on both backends: a fresh SQLite file, a fresh PG database."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'edgeloop.db'}"
+    cluster: PostgresCluster = request.getfixturevalue("postgres")
+    return cluster.create_database()
 
 
 @pytest.fixture(scope="session")

@@ -226,6 +226,10 @@ def test_a_model_over_the_profiles_budget_is_refused(
     assert device.serving() == "linear:1"
     if gate == "size":
         assert report.latency is None, "refused before a byte was downloaded"
+    else:
+        # What the device measured travels with the refusal: the server calibrates from it.
+        assert report.latency is not None and report.peak_rss_mb is not None
+        assert report.within_budget is False and report.budget_detail[gate] is False
 
 
 def test_probation_rolls_back_a_model_that_disagrees_with_its_predecessor(

@@ -33,6 +33,10 @@ def test_wheel_keeps_everything_under_the_edgeloop_namespace(wheel: Path) -> Non
     assert "edgeloop/agent/protocol.py" in names
     assert "edgeloop/server/app.py" in names
     assert "edgeloop/compressor/examples/digits.py" in names
+    # The control plane migrates its database on start: the migrations ship with it.
+    assert "edgeloop/server/migrations/env.py" in names
+    assert "edgeloop/server/migrations/script.py.mako" in names
+    assert "edgeloop/server/migrations/versions/0001_initial_schema.py" in names
 
 
 def test_agent_extra_installs_alone_and_runs_without_torch(wheel: Path, tmp_path: Path) -> None:

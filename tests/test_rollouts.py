@@ -167,14 +167,15 @@ def test_rollouts_halt_on_failing_devices_roll_back_and_survive_a_server_restart
 
 
 class FleetOnDisk:
-    """A Fleet on a real SQLite file, recording every desired state it publishes."""
+    """A Fleet on a real database (SQLite file or PostgreSQL), recording every desired state
+    it publishes."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, database_url: str) -> None:
         from edgeloop.server.db import make_engine, make_sessionmaker
         from edgeloop.server.fleet import Fleet
         from edgeloop.server.rollouts import RolloutController
 
-        self.fleet = Fleet(make_sessionmaker(make_engine(f"sqlite:///{path}")), "http://h")
+        self.fleet = Fleet(make_sessionmaker(make_engine(database_url)), "http://h")
         self.sent: list = []
         self.fleet.publish = self.sent.append
         self.controller = RolloutController(self.fleet)
@@ -231,8 +232,8 @@ class FleetOnDisk:
 
 
 @pytest.fixture()
-def fleet(tmp_path: Path) -> FleetOnDisk:
-    on_disk = FleetOnDisk(tmp_path / "fleet.db")
+def fleet(database_url: str) -> FleetOnDisk:
+    on_disk = FleetOnDisk(database_url)
     for index in range(4):
         on_disk.hello(f"d{index}", tags=["lab"] if index < 3 else [])
     return on_disk

@@ -9,6 +9,7 @@ from edgeloop.compressor.task import Task
 
 EXAMPLES: dict[str, str] = {
     "image": "edgeloop.compressor.examples.digits:DigitsTask",
+    "image-wide": "edgeloop.compressor.examples.digits:WideDigitsTask",
     "nlp": "edgeloop.compressor.examples.minilm:MiniLMTask",
     "control": "edgeloop.compressor.examples.pendulum:PendulumTask",
 }

@@ -89,14 +89,21 @@ def load_split(seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarra
 
 
 def train(
-    x: np.ndarray, y: np.ndarray, *, seed: int, epochs: int, progress: bool, batch_size: int = 64
+    x: np.ndarray,
+    y: np.ndarray,
+    *,
+    seed: int,
+    epochs: int,
+    progress: bool,
+    batch_size: int = 64,
+    width: float = 1.0,
 ) -> DigitsCNN:
     """Adam on seeded shuffles; one torch thread, because summation order changes the weights."""
     threads_before = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
         torch.manual_seed(seed)
-        model = DigitsCNN()
+        model = DigitsCNN(width)
         optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
         loss_fn = nn.CrossEntropyLoss()
         inputs, targets = torch.from_numpy(x), torch.from_numpy(y)
@@ -198,6 +205,7 @@ class DigitsTask(Task):
     name = "image"
     kind = "classification"
     metric = "accuracy"
+    width = 1.0
 
     def __init__(self, *, seed: int = 0, epochs: int = 40, progress: bool = False) -> None:
         self.seed, self.epochs, self.progress = seed, epochs, progress
@@ -212,6 +220,7 @@ class DigitsTask(Task):
                 seed=self.seed,
                 epochs=self.epochs,
                 progress=self.progress,
+                width=self.width,
             )
         return self._teacher
 
@@ -231,7 +240,7 @@ class DigitsTask(Task):
 
     def student(self, width: float) -> nn.Module:
         torch.manual_seed(self.seed)
-        return DigitsCNN(width)
+        return DigitsCNN(self.width * width)
 
     def score(self, model_path: Path, threads: int = 1) -> dict[str, float]:
         return {
@@ -243,3 +252,15 @@ class DigitsTask(Task):
 
     def eval_feeds(self, count: int = 64) -> list[dict[str, np.ndarray]]:
         return [{INPUT_NAME: self.x_test[:count]}]
+
+
+class WideDigitsTask(DigitsTask):
+    """The digits CNN twelve times wider (192/384 channels, 768 hidden): ~47 M multiply-adds,
+    a millisecond-scale inference whose cost moves with pruning and device speed. The closed
+    loop (``edgeloop bench loop``) tunes it for emulated device classes."""
+
+    name = "image-wide"
+    width = 12.0
+
+    def __init__(self, *, seed: int = 0, epochs: int = 5, progress: bool = False) -> None:
+        super().__init__(seed=seed, epochs=epochs, progress=progress)

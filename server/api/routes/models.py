@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
 from fastapi import APIRouter, HTTPException, Query, status
@@ -8,6 +9,7 @@ from sqlalchemy import select
 
 from edgeloop.agent.protocol import SHA256_PATTERN, TensorSpec
 
+from ... import registry
 from ...fleet import UnknownArtifactError
 from ...models import ModelVersion
 from ..deps import FleetDep
@@ -29,6 +31,14 @@ class ModelCreate(BaseModel):
 
 class ModelPublic(ModelCreate):
     id: int
+    label: str
+    created_at: datetime
+    retired_at: datetime | None
+
+
+class Retention(BaseModel):
+    keep: int = Field(ge=1, description="live versions to keep per model name, newest first")
+    name: str | None = Field(default=None, description="only this model name")
 
 
 def _public(model: ModelVersion) -> ModelPublic:
@@ -57,6 +67,57 @@ def register_model(
 
 
 @router.get("")
-def list_models(fleet: FleetDep) -> list[ModelPublic]:
+def list_models(
+    fleet: FleetDep,
+    name: str | None = Query(default=None),
+    include_retired: bool = Query(default=False),
+    limit: int = Query(default=100, ge=1, le=1000),
+    offset: int = Query(default=0, ge=0),
+) -> dict[str, Any]:
+    """Model versions, oldest first: ``{total, limit, offset, items}``."""
+    query = select(ModelVersion).order_by(ModelVersion.id)
+    if name is not None:
+        query = query.where(ModelVersion.name == name)
+    if not include_retired:
+        query = query.where(ModelVersion.retired_at.is_(None))
     with fleet.sessions() as db:
-        return [_public(m) for m in db.scalars(select(ModelVersion).order_by(ModelVersion.id))]
+        models = list(db.scalars(query))
+        items = [_public(m) for m in models[offset : offset + limit]]
+    return {"total": len(models), "limit": limit, "offset": offset, "items": items}
+
+
+def _get(db: Any, name: str, version: str) -> ModelVersion:
+    model = db.scalar(
+        select(ModelVersion).where(ModelVersion.name == name, ModelVersion.version == version)
+    )
+    if model is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"no model {name}:{version}")
+    return model
+
+
+@router.get("/{name}/{version}")
+def get_model(name: str, version: str, fleet: FleetDep) -> ModelPublic:
+    with fleet.sessions() as db:
+        return _public(_get(db, name, version))
+
+
+@router.post("/{name}/{version}/retire")
+def retire_model(name: str, version: str, fleet: FleetDep) -> ModelPublic:
+    """Stop offering a version to the planner and new rollouts (its files stay). Refused with
+    409 while a device runs, is sent, or could roll back to it, or a rollout targets it."""
+    with fleet.sessions.begin() as db:
+        try:
+            model = registry.retire(db, name, version)
+        except LookupError as exc:
+            raise HTTPException(status.HTTP_404_NOT_FOUND, str(exc)) from None
+        except registry.RetentionError as exc:
+            raise HTTPException(status.HTTP_409_CONFLICT, str(exc)) from None
+        return _public(model)
+
+
+@router.post("/retention")
+def apply_retention(body: Retention, fleet: FleetDep) -> dict[str, list[str]]:
+    """Retire all but the newest ``keep`` live versions per model name; versions in use are
+    kept whatever their age."""
+    with fleet.sessions.begin() as db:
+        return {"retired": registry.apply_retention(db, keep=body.keep, name=body.name)}
