@@ -101,6 +101,19 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def reset_peak_rss() -> bool:
+    """Start a new peak: Linux resets ``VmHWM`` to the current RSS when a process writes 5 to
+    its ``clear_refs``. Without it the peak is lifelong, and a device that once validated a
+    large model would report that peak for every smaller model after it. Returns whether the
+    reset happened (False off Linux or on kernels without it)."""
+    try:
+        with open("/proc/self/clear_refs", "w") as refs:
+            refs.write("5")
+        return True
+    except OSError:
+        return False
+
+
 def release_free_memory() -> None:
     """Hand freed heap pages back to the OS (glibc ``malloc_trim``; a no-op elsewhere).
 

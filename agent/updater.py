@@ -27,7 +27,13 @@ from .errors import AgentError, ArtifactError, GateError, TransportError
 from .fetch import fetch
 from .host import LoadedModel, ModelHost
 from .protocol import Desired, FileRef, ModelManifest, Phase, Report
-from .runtime import measure, open_session, peak_rss_mb, release_free_memory
+from .runtime import (
+    measure,
+    open_session,
+    peak_rss_mb,
+    release_free_memory,
+    reset_peak_rss,
+)
 from .sensors import EnergyMeter, find_sensor
 from .slots import SlotContents, Slots, sha256_file
 from .states import (
@@ -247,6 +253,9 @@ class Updater:
         manifest = self._manifest()
         profile = self._desired().profile
         contents = self.slots.contents(self._candidate().slot, verify=False)
+        # The peak counts from here: what is resident now (the serving model) plus this one.
+        release_free_memory()
+        reset_peak_rss()
         try:
             session = open_session(contents.model_path, profile)
             check_io(session, manifest)

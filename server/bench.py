@@ -172,8 +172,44 @@ def bench_agent(args: Any) -> list[Figure]:
     ]
 
 
+def bench_loop(args: Any) -> list[Figure]:
+    """The closed loop on emulated device classes (server/loopbench.py)."""
+    from .loopbench import run_loop_bench
+
+    bench = run_loop_bench(args.workdir / "bench-loop", broker=args.broker)
+    args.extra = {
+        "profiles": {n: p.model_dump(mode="json") for n, p in bench.profiles.items()},
+        "optimal": bench.optimal,
+        "mape_by_round": bench.mape_by_round,
+        "truth_p95_ms": {
+            name: {c.label: p95[c.key] for c in bench.candidates}
+            for name, p95 in bench.truth.p95.items()
+        },
+        "mechanism": bench.truth.mechanism,
+        "history": [{k: v for k, v in entry.items() if k != "figures"} for entry in bench.history],
+        "wall_s": round(bench.wall_s, 1),
+    }
+    f = bench.figures
+    classes = int(f["loop.classes"] or 0)
+
+    def rounded(name: str) -> float | None:
+        value = f[name]
+        return None if value is None else round(value, 4)
+
+    return [
+        Figure("loop.rounds_to_converge", f["loop.rounds_to_converge"], "rounds", "<= 2"),
+        Figure("loop.latency_mape_before", rounded("loop.latency_mape_before"), "fraction", ""),
+        Figure("loop.latency_mape_after", rounded("loop.latency_mape_after"), "fraction", "<= 0.1"),
+        Figure("loop.latency_mape_final", rounded("loop.latency_mape_final"), "fraction", ""),
+        Figure("loop.device_vs_truth_mape", rounded("loop.device_vs_truth_mape"), "fraction", ""),
+        Figure("loop.optimal_classes", f["loop.optimal_classes"], "classes", f">= {classes}"),
+        Figure("loop.classes", classes, "classes", ">= 3"),
+    ]
+
+
 BENCHES: dict[str, Callable[[Any], list[Figure]]] = {
     "demo": bench_demo,
     "compress": bench_compress,
     "agent": bench_agent,
+    "loop": bench_loop,
 }

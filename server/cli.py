@@ -80,7 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_commands(commands)
 
     bench = commands.add_parser("bench", help="run a benchmark and write its figures")
-    bench.add_argument("name", help="benchmark name: demo, compress, agent")
+    bench.add_argument("name", help="benchmark name: demo, compress, agent, loop")
     bench.add_argument("--json", type=Path, dest="json_path", help="write figures as JSON")
     bench.add_argument("--devices", type=int, default=2)
     bench.add_argument("--workdir", type=Path, default=Path(".edgeloop"))
@@ -113,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
         return _compress(args)
     if args.command == "db":
         return _database(args)
-    if args.command in ("devices", "models", "rollout", "telemetry"):
+    if args.command in ("devices", "models", "rollout", "telemetry", "loop"):
         from .operator_cli import run
 
         return run(args)

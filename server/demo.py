@@ -1,9 +1,11 @@
 """``edgeloop demo``: the whole loop on one machine, on real parts.
 
-Broker → control plane (subprocess) → device agents (subprocesses, different profiles) →
-compressor trains and quantizes a digits CNN and registers both artifacts → the server
-assigns each device a model by its profile and publishes its desired state → agents fetch,
-verify, validate, measure and report → a table per device.
+Broker → control plane (subprocess) → device agents (subprocesses, different profiles, each
+confined to an emulated device class) → the compressor builds candidates of a digits CNN
+(pruned, int8) → the closed loop (:mod:`edgeloop.server.loop`) starts every class on fp32,
+reads the devices' reports, calibrates its cost model and rolls out the most accurate
+candidate each class affords, round after round → agents fetch, verify, validate, measure and
+report → a table per device with the round that put its model there, and why.
 """
 
 from __future__ import annotations
@@ -23,7 +25,9 @@ from edgeloop.agent.protocol import DeviceProfile
 
 from .broker import start_broker
 from .client import ApiClient
-from .launch import AgentProcess, ServerProcess
+from .emulation import DeviceClass
+from .launch import AgentProcess, ServerProcess, wait_for_devices
+from .loop import CandidatePool, Loop, LoopResult, RoundRecord
 
 DEMO_PROFILES: list[DeviceProfile] = [
     DeviceProfile(
@@ -50,6 +54,26 @@ DEMO_PROFILES: list[DeviceProfile] = [
 ]
 
 
+DEMO_CLASSES: dict[str, DeviceClass] = {
+    # Two cores for the Jetson's CPU side; one pinned, half-throttled core for the Pi Zero.
+    "jetson-nano": DeviceClass(name="jetson-nano", threads=2),
+    "pi-zero-2": DeviceClass(name="pi-zero-2", threads=1, cpus=(0,), cpu_quota=0.5),
+}
+
+DEMO_RECIPE: dict[str, Any] = {
+    "name": "demo",
+    "task": "image",
+    "passes": [
+        {"pass": "prune_structured", "params": {"ratio": [0.5], "finetune_epochs": 10},
+         "optional": True},
+        {"pass": "export"},
+        {"pass": "quantize_static",
+         "params": {"calibrate_method": ["minmax"], "per_channel": [True]}, "optional": True},
+    ],
+    "search": {"strategy": "grid"},
+}  # fmt: skip
+
+
 @dataclass
 class DemoResult:
     ok: bool
@@ -57,14 +81,18 @@ class DemoResult:
     wall_s: float
     models: list[dict[str, Any]]
     devices: list[dict[str, Any]]
+    rounds: int = 0
+    history: list[dict[str, Any]] | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {
             "ok": self.ok,
             "broker": self.broker,
             "wall_s": round(self.wall_s, 2),
+            "rounds": self.rounds,
             "models": self.models,
             "devices": self.devices,
+            "history": self.history or [],
         }
 
 
@@ -91,7 +119,14 @@ def run_demo(
             server.wait_ready()
             console.print(f"[bold]server[/]  {server.url}  (SQLite {workdir / 'edgeloop.db'})")
             agents = [
-                AgentProcess(f"{profile.name}-{i:02d}", profile, workdir, mqtt.port)
+                AgentProcess(
+                    f"{profile.name}-{i:02d}",
+                    profile,
+                    workdir,
+                    mqtt.port,
+                    probation_s=0.5,
+                    device_class=DEMO_CLASSES.get(profile.name),
+                )
                 for i, profile in (
                     (i, DEMO_PROFILES[i % len(DEMO_PROFILES)]) for i in range(devices)
                 )
@@ -99,18 +134,36 @@ def run_demo(
             processes.extend(agents)
             console.print(f"[bold]agents[/]  {', '.join(a.device_id for a in agents)}")
             client = ApiClient(server.url)
-            models = _compress_and_push(client, workdir / "compressor", console)
+            wait_for_devices(client, len(agents), agents)
+            loop_result, loop = _run_loop(client, workdir / "compressor", console, devices)
             rows = _wait_for_reports(
                 client, [a.device_id for a in agents], timeout_s, console, agents
             )
+            models = _registered_models(client, loop)
         finally:
             for process in reversed(processes):
                 process.stop()
-    devices_json = [_device_row(row) for row in rows]
-    ok = bool(devices_json) and all(d["ok"] for d in devices_json)
-    result = DemoResult(ok, mqtt.kind, time.perf_counter() - started, models, devices_json)
+    rounds = {name: state.deployed_round for name, state in loop_result.classes.items()}
+    devices_json = [
+        _device_row(row) | {"round": rounds.get(row["profile"]["name"])} for row in rows
+    ]
+    ok = loop_result.converged and bool(devices_json) and all(d["ok"] for d in devices_json)
+    history = [{k: v for k, v in e.items() if k != "figures"} for e in loop.history]
+    result = DemoResult(
+        ok,
+        mqtt.kind,
+        time.perf_counter() - started,
+        models,
+        devices_json,
+        rounds=len(loop_result.rounds) - 1,
+        history=history,
+    )
     console.print(_models_table(models))
     console.print(_devices_table(devices_json))
+    console.print("[bold]why each round happened[/]")
+    for entry in history:
+        if entry["action"] != "keep":
+            console.print(f"  round {entry['round']} {entry['profile']}: {entry['reason']}")
     verdict = (
         "[green]every device runs a verified model[/]"
         if ok
@@ -124,22 +177,48 @@ def run_demo(
     return result
 
 
-def _compress_and_push(client: ApiClient, out_dir: Path, console: Console) -> list[dict[str, Any]]:
-    from edgeloop.compressor.examples.digits import build_digits
+def _run_loop(
+    client: ApiClient, out_dir: Path, console: Console, devices: int
+) -> tuple[LoopResult, Loop]:
+    from edgeloop.compressor.examples.digits import DigitsTask
+    from edgeloop.compressor.recipe import load_recipe
 
-    console.print("[bold]compressor[/]  digits CNN: train, export ONNX fp32, quantize int8")
-    built = build_digits(out_dir, progress=True)
+    console.print(
+        "[bold]compressor[/]  digits CNN: train, prune channels, export ONNX, quantize int8 "
+        "(cached in the work dir)"
+    )
+    pool = CandidatePool(
+        DigitsTask(progress=True), load_recipe(DEMO_RECIPE), out_dir, progress=True
+    )
+    profiles = DEMO_PROFILES[: max(1, min(devices, len(DEMO_PROFILES)))]
+
+    def show(record: RoundRecord, _result: LoopResult) -> None:
+        for decision in record.decisions:
+            model = decision.candidate.label if decision.candidate else "—"
+            console.print(
+                f"[bold]round {record.round}[/] {decision.profile}: {decision.action} {model}"
+            )
+
+    loop = Loop(client, "digits-cnn", profiles, pool, on_round=show)
+    return loop.run(), loop
+
+
+def _registered_models(client: ApiClient, loop: Loop) -> list[dict[str, Any]]:
+    by_version = {c.version: c for c in loop.candidates}
     models = []
-    for model in built:
-        registered = client.push_model(model, plan=False)
+    for model in client.models():
+        candidate = by_version.get(model["version"])
         models.append(
             {
-                "model": f"{model.name}:{model.version}",
-                "artifact_sha256": registered["artifact_sha256"],
-                **model.report.model_dump(mode="json"),
+                "model": model["label"],
+                "artifact_sha256": model["artifact_sha256"],
+                "variant": model["report"].get("variant"),
+                "accuracy": model["report"]["accuracy"],
+                "size_bytes": model["report"]["size_bytes"],
+                "host_latency_p95_ms": model["report"].get("host_latency_p95_ms"),
+                "baseline": bool(candidate and candidate.baseline),
             }
         )
-    client.plan()
     return models
 
 
@@ -212,18 +291,16 @@ def _fmt(value: Any, spec: str = "") -> str:
 
 
 def _models_table(models: list[dict[str, Any]]) -> Table:
-    table = Table(title="Artifacts registered")
-    for column in ("model", "size", "accuracy", "ratio", "drop (pts)", "host p50 ms", "recipe"):
-        table.add_column(column, justify="left" if column in ("model", "recipe") else "right")
+    table = Table(title="Candidates the loop registered")
+    for column in ("model", "variant", "size", "accuracy", "host p95 ms"):
+        table.add_column(column, justify="left" if column in ("model", "variant") else "right")
     for m in models:
         table.add_row(
             m["model"],
+            (m["variant"] or "") + (" (baseline)" if m["baseline"] else ""),
             f"{m['size_bytes'] / 1024:.1f} KB",
             f"{m['accuracy']:.4f}",
-            f"{m['compression_ratio']:.2f}×",
-            f"{m['accuracy_drop'] * 100:.2f}",
-            f"{m['host_latency_p50_ms']:.3f}",
-            " → ".join(m.get("recipe", [])),
+            _fmt(m["host_latency_p95_ms"], ".3f"),
         )
     return table
 
@@ -233,6 +310,7 @@ def _devices_table(devices: list[dict[str, Any]]) -> Table:
     columns = (
         "device",
         "profile",
+        "round",
         "model",
         "size",
         "accuracy",
@@ -244,7 +322,7 @@ def _devices_table(devices: list[dict[str, Any]]) -> Table:
         "verified",
     )
     for column in columns:
-        table.add_column(column, justify="left" if column in columns[:3] else "right")
+        table.add_column(column, justify="left" if column in columns[:4] else "right")
     for d in devices:
         energy = _fmt(d["energy_mj_per_inference"], ".4f")
         if d["energy_estimated"]:
@@ -256,6 +334,7 @@ def _devices_table(devices: list[dict[str, Any]]) -> Table:
         table.add_row(
             d["device_id"],
             d["profile"],
+            _fmt(d["round"]),
             _fmt(d["model"]),
             f"{d['size_bytes'] / 1024:.1f} KB" if d["size_bytes"] else "—",
             _fmt(d["accuracy"], ".4f"),

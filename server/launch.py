@@ -12,6 +12,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import requests
 
@@ -180,3 +181,17 @@ class AgentProcess(ManagedProcess):
             env,
             confinement=Confinement(device_class) if device_class else None,
         )
+
+
+def wait_for_devices(client: Any, count: int, processes: list[ManagedProcess]) -> None:
+    """Until ``count`` devices are registered (said hello) with the control plane behind
+    ``client`` (an ``ApiClient``); a process that exits meanwhile fails it with its log."""
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if len(client.devices()) >= count:
+            return
+        dead = [p for p in processes if not p.alive()]
+        if dead:
+            raise RuntimeError(f"{dead[0].name} exited:\n{dead[0].log_tail()}")
+        time.sleep(0.2)
+    raise TimeoutError(f"fewer than {count} devices said hello within 60 s")

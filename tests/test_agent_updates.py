@@ -232,6 +232,21 @@ def test_a_model_over_the_profiles_budget_is_refused(
         assert report.within_budget is False and report.budget_detail[gate] is False
 
 
+def test_each_validation_reports_its_own_memory_peak_not_the_lifetime_one(
+    device: Device, control_plane: ServerProcess
+) -> None:
+    weights = BASE_WEIGHTS * 1.01
+    big = device.apply(
+        publish(
+            control_plane.url, "2", linear_model(weights, padding_bytes=80_000_000), weights=weights
+        )
+    )
+    small = device.apply(publish(control_plane.url, "3", linear_model(BASE_WEIGHTS)))
+    assert big.ok and small.ok
+    assert big.peak_rss_mb is not None and small.peak_rss_mb is not None
+    assert small.peak_rss_mb < big.peak_rss_mb - 40, (big.peak_rss_mb, small.peak_rss_mb)
+
+
 def test_probation_rolls_back_a_model_that_disagrees_with_its_predecessor(
     device: Device, control_plane: ServerProcess
 ) -> None:

@@ -28,7 +28,13 @@ def example_task(name: str) -> Task:
 
 
 def example_recipe(name: str) -> str:
-    """The default recipe (YAML text) of the example ``name``."""
-    if name not in EXAMPLES:
-        raise ValueError(f"unknown example {name!r}; known: {', '.join(EXAMPLES)}")
-    return resources.files("edgeloop.compressor").joinpath(f"recipes/{name}.yaml").read_text()
+    """A shipped recipe (YAML text): the example ``name``'s default, or another recipe in
+    ``compressor/recipes/`` by name (e.g. ``nlp-loop``)."""
+    recipe = resources.files("edgeloop.compressor").joinpath(f"recipes/{name}.yaml")
+    if not recipe.is_file():
+        shipped = sorted(
+            p.name.removesuffix(".yaml")
+            for p in resources.files("edgeloop.compressor").joinpath("recipes").iterdir()
+        )
+        raise ValueError(f"unknown example or recipe {name!r}; shipped: {', '.join(shipped)}")
+    return recipe.read_text()
