@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 import shutil
+import statistics
 import sys
 import time
 from dataclasses import dataclass, field
@@ -54,10 +55,12 @@ LOOP_CLASSES: dict[str, DeviceClass] = {
 well above the budgets (the agent's gate refuses first; the cap is the board's RAM)."""
 DEFAULT_CLASSES = ("jetson-like", "pi5-like", "pi4-like", "pi-zero-like")
 STORAGE_LIMITED = {"pi-zero-like"}
-MIN_STEP = 1.2
+MIN_STEP = 1.4
 """Two candidates are a clear step apart when their true p95 differ by at least this factor;
-a budget sits at the geometric mean of such a pair (±9.5% from either; MiniLM's p95 over
-100 calls moves by a few percent between runs here)."""
+a budget sits at the geometric mean of such a pair, ±18% from either. Measured here: the
+device's p95 and the exhaustive evaluation's p95 of the same model on the same class differ
+by a median 10%, 15% on the throttled classes (with 1.2 a device once measured fp32 under a
+budget its true p95 exceeded)."""
 
 
 @dataclass
@@ -83,20 +86,36 @@ class LoopBench:
 
 
 def exhaustive(
-    candidates: list[Candidate], classes: list[DeviceClass], runs: int, console: Console
+    candidates: list[Candidate],
+    classes: list[DeviceClass],
+    runs: int,
+    console: Console,
+    repeats: int = 3,
 ) -> Truth:
+    """Every candidate on every class, ``repeats`` times round-robin (so a noisy minute of
+    the shared host lands on all candidates alike), keeping the median p95 and the largest
+    peak RSS."""
+    p95: dict[str, dict[str, list[float]]] = {c.name: {} for c in classes}
     truth = Truth()
     with console.status("exhaustive evaluation") as status:
-        for device_class in classes:
-            truth.p95[device_class.name], truth.rss[device_class.name] = {}, {}
-            for candidate in candidates:
-                status.update(f"exhaustive evaluation: {candidate.label} on {device_class.name}")
-                measured = measure_on_class(
-                    device_class, candidate.model_path, candidate.golden_path, runs=runs
-                )
-                truth.p95[device_class.name][candidate.key] = measured["p95_ms"]
-                truth.rss[device_class.name][candidate.key] = measured["peak_rss_mb"]
-                truth.mechanism[device_class.name] = measured["mechanism"]
+        for repeat in range(repeats):
+            for device_class in classes:
+                for candidate in candidates:
+                    status.update(
+                        f"exhaustive evaluation {repeat + 1}/{repeats}: {candidate.label} "
+                        f"on {device_class.name}"
+                    )
+                    measured = measure_on_class(
+                        device_class, candidate.model_path, candidate.golden_path, runs=runs
+                    )
+                    p95[device_class.name].setdefault(candidate.key, []).append(measured["p95_ms"])
+                    rss = truth.rss.setdefault(device_class.name, {})
+                    rss[candidate.key] = max(rss.get(candidate.key, 0.0), measured["peak_rss_mb"])
+                    truth.mechanism[device_class.name] = measured["mechanism"]
+    truth.p95 = {
+        name: {key: statistics.median(values) for key, values in by_key.items()}
+        for name, by_key in p95.items()
+    }
     return truth
 
 
@@ -154,7 +173,14 @@ def _front(candidates: list[Candidate], p95: dict[str, float]) -> list[Candidate
 def true_best(
     candidates: list[Candidate], truth: Truth, profile: DeviceProfile
 ) -> Candidate | None:
-    fitting = [
+    fitting = _truly_fitting(candidates, truth, profile)
+    return max(fitting, key=lambda c: c.accuracy) if fitting else None
+
+
+def _truly_fitting(
+    candidates: list[Candidate], truth: Truth, profile: DeviceProfile
+) -> list[Candidate]:
+    return [
         c
         for c in candidates
         if truth.p95[profile.name][c.key] <= profile.latency_budget_ms
@@ -164,7 +190,6 @@ def true_best(
             or c.size_bytes / 1024 <= profile.model_size_budget_kb
         )
     ]
-    return max(fitting, key=lambda c: c.accuracy) if fitting else None
 
 
 def mape_against_truth(loop: Loop, calibration: dict[str, dict[str, Any]], truth: Truth) -> float:
@@ -261,14 +286,23 @@ def run_loop_bench(
     for name, state in result.classes.items():
         best = true_best(candidates, truth, state.profile)
         final = state.current if state.last and state.last.action == "keep" else None
+        # Optimal: the final model truly fits (by the exhaustive evaluation, not by the
+        # device's own measurement) and nothing that truly fits is more accurate.
+        fits_truly = final is not None and final in _truly_fitting(candidates, truth, state.profile)
         optimal[name] = {
             "final": final.label if final else None,
             "final_accuracy": final.accuracy if final else None,
             "final_true_p95_ms": truth.p95[name][final.key] if final else None,
+            "final_truly_fits": fits_truly,
             "best": best.label if best else None,
             "best_accuracy": best.accuracy if best else None,
             "optimal": (final is None and best is None)
-            or (final is not None and best is not None and final.accuracy >= best.accuracy - 1e-9),
+            or (
+                fits_truly
+                and best is not None
+                and final is not None
+                and final.accuracy >= best.accuracy - 1e-9
+            ),
         }
     # The floor under any prediction error: the same model on the same class, measured once
     # by the device's agent and once by the exhaustive evaluation.
