@@ -373,6 +373,21 @@ class Observation:
     measured_p95_ms: float
     measured_peak_rss_mb: float | None = None
     measured_energy_mj: float | None = None
+    measured_p50_ms: float | None = None
+    """The device's median; when given, the latency ratio is taken on medians (see
+    :meth:`ratio`)."""
+
+    def ratio(self) -> float:
+        """Device time over host time for this model.
+
+        On medians when the device sent one: a p95 over 100-200 calls on a shared host moved
+        by 10-60% between identical runs here, the median by a few percent, and one noisy
+        report would otherwise skew every prediction for the class. Predictions still scale
+        the host's p95, so they remain p95 predictions.
+        """
+        if self.measured_p50_ms is not None and self.host.p50_ms > 0:
+            return self.measured_p50_ms / self.host.p50_ms
+        return self.measured_p95_ms / self.host.p95_ms
 
     @classmethod
     def from_report(
@@ -386,7 +401,10 @@ class Observation:
         if report.latency is None:
             raise ValueError(f"report for {report.model} has no latency; it cannot calibrate")
         energy = report.energy.joules_per_inference * 1e3 if report.energy else None
-        return cls(features, host, report.latency.p95_ms, report.peak_rss_mb, energy)
+        return cls(
+            features, host, report.latency.p95_ms, report.peak_rss_mb, energy,
+            report.latency.p50_ms,
+        )  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -599,7 +617,7 @@ def _basis(profile_name: str, calibration: Calibration, shares: Mapping[str, flo
 
 
 def _fit_latency(observations: Sequence[Observation]) -> tuple[float, dict[str, float]]:
-    ratios = np.array([o.measured_p95_ms / o.host.p95_ms for o in observations])
+    ratios = np.array([o.ratio() for o in observations])
     class_scale = float(np.median(ratios))
     if len(observations) < 2:
         return class_scale, {}

@@ -207,6 +207,7 @@ class Measured:
     devices: int
     gate: str | None = None
     error: str | None = None
+    p50_ms: float | None = None
 
 
 @dataclass(frozen=True)
@@ -508,6 +509,7 @@ class Loop:
         if not reports:
             return None
         latencies = [r["latency"]["p95_ms"] for r in reports if r.get("latency")]
+        medians = [r["latency"]["p50_ms"] for r in reports if r.get("latency")]
         rss = [r["peak_rss_mb"] for r in reports if r.get("peak_rss_mb") is not None]
         energy = [r["energy"]["joules_per_inference"] * 1e3 for r in reports if r.get("energy")]
         failed = next((r for r in reports if not r["ok"]), None)
@@ -515,6 +517,7 @@ class Loop:
             model=label,
             ok=failed is None,
             p95_ms=statistics.median(latencies) if latencies else None,
+            p50_ms=statistics.median(medians) if medians else None,
             peak_rss_mb=max(rss) if rss else None,
             energy_mj=statistics.median(energy) if energy else None,
             devices=len(reports),
@@ -533,6 +536,7 @@ class Loop:
                         measured.p95_ms,
                         measured.peak_rss_mb,
                         measured.energy_mj,
+                        measured.p50_ms,
                     )
                 )
                 self.cost.calibrate(state.profile.name, state.observations)

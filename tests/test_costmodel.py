@@ -241,6 +241,16 @@ def test_one_observation_gives_one_class_wide_scale() -> None:
     assert "one class-wide scale" in unseen.basis
 
 
+def test_a_device_median_sets_the_scale_when_its_p95_caught_a_noisy_moment() -> None:
+    measured = host(2.0)  # p50 is 80% of p95 in these helpers
+    spiky = Observation(made_up(matmul_fp32=10), measured, 20.0, measured_p50_ms=3.2)
+    fitted = CostModel().calibrate("pi4", [spiky])
+    assert fitted.class_scale == pytest.approx(3.2 / measured.p50_ms)
+    # Without a median the p95 ratio is all there is.
+    alone = Observation(made_up(matmul_fp32=10), measured, 20.0)
+    assert CostModel().calibrate("pi4", [alone]).class_scale == pytest.approx(10.0)
+
+
 def test_never_more_per_class_scales_than_observations() -> None:
     observations = [
         Observation(made_up(matmul_fp32=600, conv_fp32=300, other=100), host(1.0), 2.0),
