@@ -47,7 +47,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("edgeloop.server.loop")
 
-Action = Literal["deploy", "keep", "unreachable", "stop"]
+Action = Literal["deploy", "keep", "wait", "unreachable", "stop"]
 
 ACCURACY_EPSILON = 1e-9
 """Two candidates whose accuracy differs by less are equally accurate (ties go to the faster)."""
@@ -289,6 +289,8 @@ def decide(
       deploy the most accurate candidate predicted to fit, else stop as unreachable, naming
       the closest candidate and why it does not fit.
 
+    - no report for the current model yet (devices offline or still updating): wait.
+
     ``margin`` < 1 asks predictions to fit with room to spare (a noisy host or device).
     Ties in accuracy go to the lower predicted latency.
     """
@@ -344,6 +346,15 @@ def decide(
             figures,
         )
 
+    if current is not None and measured is None:
+        return Decision(
+            profile.name,
+            "wait",
+            current,
+            f"no report yet for {current.label} from the class's devices (offline, or still "
+            "updating); nothing is decided without a measurement",
+            figures,
+        )
     if current is not None and measured is not None:
         if not measured.ok and measured.gate:
             why = f"refused by the device gate `{measured.gate}`: {measured.error or ''}".strip()
@@ -419,6 +430,7 @@ class Loop:
         margin: float = 1.0,
         max_rounds: int = 4,
         rollout_timeout_s: float = 300.0,
+        wait_s: float = 10.0,
         on_round: Callable[[RoundRecord, LoopResult], None] | None = None,
     ) -> None:
         from edgeloop.compressor.costmodel import CostModel
@@ -427,6 +439,7 @@ class Loop:
         self.classes = {p.name: ClassState(p) for p in classes}
         self.margin, self.max_rounds = margin, max_rounds
         self.rollout_timeout_s = rollout_timeout_s
+        self.wait_s = wait_s
         self.on_round = on_round
         self.cost: CostModel = CostModel()
         self.candidates: list[Candidate] = []
@@ -473,7 +486,9 @@ class Loop:
             )
             result.rounds.append(record)
             self._notify(record, result)
-            if all(d.action != "deploy" for d in decisions):
+            if any(d.action == "wait" for d in decisions):
+                time.sleep(self.wait_s)  # give silent devices a chance to report
+            if all(d.action in ("keep", "unreachable") for d in decisions):
                 result.converged = True
                 unreachable = [d.profile for d in decisions if d.action == "unreachable"]
                 result.reason = f"converged after {round_ - 1} rollout rounds" + (

@@ -87,6 +87,13 @@ def test_an_unreachable_budget_ends_with_a_report_naming_the_closest_candidate()
     assert "Relax the budget" in decision.reason
 
 
+def test_a_class_whose_devices_have_not_reported_waits_instead_of_guessing() -> None:
+    state = ClassState(PROFILE, current=FP32)
+    decision = decide(state, CANDIDATES, predicted(), None)
+    assert decision.action == "wait" and decision.candidate is FP32
+    assert "no report yet" in decision.reason and not state.refused
+
+
 def test_a_margin_asks_predictions_to_fit_with_room_to_spare() -> None:
     state = ClassState(PROFILE, current=FP32)
     miss = measured(FP32, 3.0, ok=False, gate="latency")

@@ -21,7 +21,7 @@ class DecisionCreate(BaseModel):
     loop: str = Field(min_length=1, max_length=128)
     round: int = Field(ge=0)
     profile: str = Field(min_length=1, max_length=64)
-    action: Literal["deploy", "keep", "unreachable", "stop"]
+    action: Literal["deploy", "keep", "wait", "unreachable", "stop"]
     model: str | None = None
     reason: str = Field(min_length=1)
     figures: dict[str, Any] = Field(default_factory=dict)
