@@ -11,6 +11,7 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -183,7 +184,7 @@ class AgentProcess(ManagedProcess):
         )
 
 
-def wait_for_devices(client: Any, count: int, processes: list[ManagedProcess]) -> None:
+def wait_for_devices(client: Any, count: int, processes: Sequence[ManagedProcess]) -> None:
     """Until ``count`` devices are registered (said hello) with the control plane behind
     ``client`` (an ``ApiClient``); a process that exits meanwhile fails it with its log."""
     deadline = time.monotonic() + 60

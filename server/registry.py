@@ -29,8 +29,14 @@ def as_utc(moment: datetime | None) -> datetime | None:
     return moment.astimezone(UTC) if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
+def iso_utc(moment: datetime) -> str:
+    """ISO 8601 with the zone (UTC), whatever the database handed back."""
+    aware = moment.astimezone(UTC) if moment.tzinfo else moment.replace(tzinfo=UTC)
+    return aware.isoformat()
+
+
 def _iso(moment: datetime | None) -> str | None:
-    return None if moment is None else as_utc(moment).isoformat()
+    return None if moment is None else iso_utc(moment)
 
 
 def device_row(db: Session, device: Device) -> dict[str, Any]:
@@ -159,7 +165,8 @@ def _in_use(db: Session) -> dict[int, str]:
     """Model version ids something still depends on, with what depends on them."""
     uses: dict[int, str] = {}
     for state in db.scalars(select(DesiredState).where(DesiredState.model_version_id.is_not(None))):
-        uses.setdefault(state.model_version_id, f"desired by device {state.device_id}")
+        if state.model_version_id is not None:
+            uses.setdefault(state.model_version_id, f"desired by device {state.device_id}")
     running = {d.current_model: d.id for d in db.scalars(select(Device))}
     previous = {d.previous_model: d.id for d in db.scalars(select(Device))}
     for model in db.scalars(select(ModelVersion)):

@@ -11,7 +11,7 @@ from pydantic import BaseModel, Field
 from sqlalchemy import func, select
 
 from ...models import Calibration, LoopDecision
-from ...registry import as_utc
+from ...registry import iso_utc
 from ..deps import FleetDep
 
 router = APIRouter(prefix="/api/v1", tags=["loop"])
@@ -42,7 +42,7 @@ def _decision(row: LoopDecision) -> dict[str, Any]:
         "model": row.model,
         "reason": row.reason,
         "figures": row.figures,
-        "created_at": as_utc(row.created_at).isoformat(),
+        "created_at": iso_utc(row.created_at),
     }
 
 
@@ -103,7 +103,7 @@ def list_calibrations(fleet: FleetDep) -> list[dict[str, Any]]:
                 "profile": row.profile,
                 "calibration": row.calibration,
                 "observations": row.observations,
-                "updated_at": as_utc(row.updated_at).isoformat(),
+                "updated_at": iso_utc(row.updated_at),
             }
             for row in db.scalars(select(Calibration).order_by(Calibration.profile))
         ]
@@ -122,5 +122,5 @@ def get_calibration(profile: str, fleet: FleetDep) -> dict[str, Any]:
             "profile": row.profile,
             "calibration": row.calibration,
             "observations": row.observations,
-            "updated_at": as_utc(row.updated_at).isoformat(),
+            "updated_at": iso_utc(row.updated_at),
         }
