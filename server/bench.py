@@ -176,7 +176,8 @@ def bench_loop(args: Any) -> list[Figure]:
     """The closed loop on emulated device classes (server/loopbench.py)."""
     from .loopbench import run_loop_bench
 
-    bench = run_loop_bench(args.workdir / "bench-loop", broker=args.broker)
+    runs = getattr(args, "runs", None) or 100
+    bench = run_loop_bench(args.workdir / "bench-loop", broker=args.broker, runs=runs)
     args.extra = {
         "profiles": {n: p.model_dump(mode="json") for n, p in bench.profiles.items()},
         "optimal": bench.optimal,

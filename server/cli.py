@@ -86,7 +86,9 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--workdir", type=Path, default=Path(".edgeloop"))
     bench.add_argument("--broker", choices=["auto", "mosquitto", "amqtt"], default="auto")
     bench.add_argument("--cases", help="compress: comma-separated cases (image,nlp,control)")
-    bench.add_argument("--runs", type=int, help="agent: kill -9 runs (default 200)")
+    bench.add_argument(
+        "--runs", type=int, help="agent: kill -9 runs (default 200); loop: calls per timing (100)"
+    )
     bench.add_argument("--outage", type=float, help="agent: broker outage seconds (default 60)")
     return parser
 

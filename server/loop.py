@@ -157,7 +157,7 @@ class CandidatePool:
         from edgeloop.agent.validate import load_golden
         from edgeloop.compressor.costmodel import HostMeasurement, measure_host
 
-        cache = model_path.with_name(f"host-{profile.cpu_threads}t.json")
+        cache = model_path.with_name(f"host-{profile.cpu_threads}t-{self.host_runs}.json")
         if cache.exists():
             return HostMeasurement.from_json(json.loads(cache.read_text()))
         golden = load_golden(golden_path, list(self.task.latency_feed()))
@@ -450,6 +450,7 @@ class Loop:
 
     def run(self) -> LoopResult:
         result = LoopResult(self.name, [], self.classes, False, "")
+        self.load_calibrations()
         self.candidates = self.pool.search([s.profile.cpu_threads for s in self.classes.values()])
         baseline = next(c for c in self.candidates if c.baseline)
         started = time.monotonic()
@@ -499,6 +500,23 @@ class Loop:
         result.reason = f"not converged after {self.max_rounds} rounds; see the history"
         self._record(self.max_rounds, "*", "stop", None, result.reason, {})
         return result
+
+    def load_calibrations(self) -> None:
+        """Start from what earlier loops learned about each class (the server keeps it):
+        a class's scales describe its devices, not one model family. This loop's own reports
+        replace it at the first calibration."""
+        from edgeloop.compressor.costmodel import Calibration
+
+        for row in self.client.calibrations():
+            if row["profile"] not in self.classes:
+                continue
+            try:
+                calibration = Calibration.from_json(row["calibration"])
+            except (TypeError, KeyError, ValueError) as exc:
+                log.warning("stored calibration for %s ignored: %s", row["profile"], exc)
+                continue
+            if calibration.threads == self.classes[row["profile"]].profile.cpu_threads:
+                self.cost.calibrations[row["profile"]] = calibration
 
     def _notify(self, record: RoundRecord, result: LoopResult) -> None:
         if self.on_round is not None:

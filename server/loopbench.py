@@ -15,7 +15,6 @@ checked against the most accurate candidate that truly fits.
 
 from __future__ import annotations
 
-import itertools
 import math
 import shutil
 import statistics
@@ -56,7 +55,6 @@ LOOP_CLASSES: dict[str, DeviceClass] = {
 well above the budgets (the agent's gate refuses first; the cap is the board's RAM)."""
 DEFAULT_CLASSES = ("jetson-like", "pi5-like", "pi4-like", "pi-zero-like")
 STORAGE_LIMITED = {"pi-zero-like"}
-MIN_FALLBACK_STEP = 1.25
 MIN_STEP = 1.4
 """Two candidates are a clear step apart when their true p95 differ by at least this factor;
 a budget sits at the geometric mean of such a pair, ±18% from either. Measured here: the
@@ -148,13 +146,9 @@ def staircase_budgets(
             if budget is not None:
                 break
         if budget is None:
-            # No step of MIN_STEP under the baseline (CPU-throttled classes bunch candidates
-            # together): take the widest one if it is at least MIN_FALLBACK_STEP, else the
-            # class gets a budget nothing meets (the loop must report it unreachable).
-            under = [v for v in levels if v < p95[baseline.key]] + [p95[baseline.key]]
-            gaps = [(hi / lo, lo, hi) for lo, hi in itertools.pairwise(under)]
-            ratio, lo, hi = max(gaps) if gaps else (0.0, 0.0, 0.0)
-            budget = math.sqrt(lo * hi) if ratio >= MIN_FALLBACK_STEP else levels[0] / MIN_STEP
+            # No clear step under the baseline (CPU-throttled classes bunch the candidates
+            # together): a budget nothing meets; the loop has to say the class is unreachable.
+            budget = levels[0] / MIN_STEP
         extra = {}
         if device_class.name in STORAGE_LIMITED:
             # Room for everything but the most accurate compressed candidate.

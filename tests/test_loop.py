@@ -199,3 +199,20 @@ def test_the_loop_converges_on_emulated_classes_and_stops_where_nothing_fits(
         "edgeloop.server.cli", "loop", "calibrations", "--server", control_plane.url, "--json"
     )
     assert {c["profile"] for c in json.loads(calibrations.stdout)} >= {"roomy"}
+
+
+def test_a_new_loop_starts_from_the_calibration_the_server_kept(
+    control_plane: ServerProcess,
+) -> None:
+    from edgeloop.compressor.costmodel import Calibration
+
+    client = ApiClient(control_plane.url)
+    client.put_calibration("pi", Calibration("pi", threads=1, class_scale=2.5).to_json(), 1)
+    client.put_calibration("elsewhere", Calibration("elsewhere", 1, 9.0).to_json(), 1)
+    stale_threads = PROFILE.model_copy(update={"name": "pi2", "cpu_threads": 2})
+    client.put_calibration("pi2", Calibration("pi2", threads=1, class_scale=3.0).to_json(), 1)
+    loop = Loop(client, "m", [PROFILE, stale_threads], CandidatePool(None, None, Path()))  # type: ignore[arg-type]
+    loop.load_calibrations()
+    assert set(loop.cost.calibrations) == {"pi"}, "other classes and other thread counts skipped"
+    prediction = loop.cost.predict("pi", FP32.features, FP32.host[1])
+    assert prediction.latency_p95_ms == pytest.approx(3.0 * 2.5)
