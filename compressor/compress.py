@@ -23,7 +23,7 @@ from rich.table import Table
 from edgeloop.agent.protocol import DeviceProfile
 from edgeloop.compressor.plots import plot_pareto
 from edgeloop.compressor.recipe import Recipe
-from edgeloop.compressor.report import BuiltModel, ModelReport
+from edgeloop.compressor.report import BuiltModel, ModelReport, golden_atol
 from edgeloop.compressor.search import Search, SearchResult, Trial
 from edgeloop.compressor.task import Task
 
@@ -71,7 +71,6 @@ def built_model(
     model_path, golden_path = out_dir / "model.onnx", out_dir / "golden.npz"
     inputs, outputs = tensor_specs(model_path)
     quantized = any(step["pass"].startswith("quantize") for step in chosen.pipeline)
-    scale = float(np.abs(np.load(golden_path)["outputs"]).max())
     report = ModelReport(
         variant=chosen.label,
         recipe=[step["pass"] for step in chosen.pipeline],
@@ -83,7 +82,7 @@ def built_model(
         host_latency_p50_ms=chosen.latency_p50_ms or 0.0,
         host_latency_p95_ms=chosen.latency_p95_ms or 0.0,
         host_threads=result.profile.cpu_threads,
-        golden_atol=round(max(1e-4, scale * (0.01 if quantized else 1e-5)), 6),
+        golden_atol=golden_atol(golden_path, quantized=quantized),
         metric_name=task.metric,
         metrics=chosen.metrics,
         peak_rss_mb=chosen.peak_rss_mb,

@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from edgeloop.agent.protocol import TensorSpec
 
-__all__ = ["BuiltModel", "ModelReport"]
+__all__ = ["BuiltModel", "ModelReport", "golden_atol"]
 
 
 class ModelReport(BaseModel):
@@ -57,3 +57,13 @@ class BuiltModel:
     inputs: list[TensorSpec]
     outputs: list[TensorSpec]
     report: ModelReport
+
+
+def golden_atol(golden_path: Path, *, quantized: bool) -> float:
+    """The tolerance a device's golden check allows: the same graph on another CPU rounds
+    differently, by up to 1% of the output range for quantized models and 1e-5 otherwise."""
+    import numpy as np
+
+    with np.load(golden_path, allow_pickle=False) as golden:
+        scale = float(np.abs(golden["outputs"]).max())
+    return round(max(1e-4, scale * (0.01 if quantized else 1e-5)), 6)

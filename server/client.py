@@ -12,7 +12,12 @@ from edgeloop.compressor.report import BuiltModel
 
 
 class ApiError(RuntimeError):
-    """The control plane answered with an error; the message carries its detail."""
+    """The control plane answered with an error; the message carries its detail and
+    ``status`` the HTTP status (None when it could not be reached or nothing was sent)."""
+
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 class ApiClient:
@@ -35,7 +40,9 @@ class ApiClient:
                 detail = response.json().get("detail", response.text)
             except ValueError:
                 detail = response.text
-            raise ApiError(f"{method} {path}: HTTP {response.status_code}: {detail}")
+            raise ApiError(
+                f"{method} {path}: HTTP {response.status_code}: {detail}", response.status_code
+            )
         return response.json() if response.content else None
 
     def health(self) -> dict[str, Any]:

@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from edgeloop.agent.protocol import DeviceProfile
 
 from .client import ApiClient, ApiError
+from .rollouts import RolloutState
 
 if TYPE_CHECKING:
     from edgeloop.compressor.costmodel import (
@@ -70,6 +71,7 @@ class Candidate:
     features: ModelFeatures
     host: dict[int, HostMeasurement]
     baseline: bool = False
+    quantized: bool = False
 
     @property
     def version(self) -> str:
@@ -95,13 +97,15 @@ class CandidatePool:
     ) -> None:
         self.task, self.recipe, self.workdir, self.progress = task, recipe, workdir, progress
         self.host_runs = host_runs
+        self._features: dict[Path, ModelFeatures] = {}
+        """Static features per model file: computed once, every round re-reads the search."""
 
     def search(self, thread_counts: Sequence[int]) -> list[Candidate]:
         from edgeloop.compressor.compress import _write_golden
-        from edgeloop.compressor.costmodel import features
         from edgeloop.compressor.search import Search
 
         by_key: dict[str, dict[str, Any]] = {}
+        """pipeline -> the trial and the host profiles (one per thread count) it was built for"""
         for threads in sorted(set(thread_counts)):
             host_profile = DeviceProfile(
                 name=f"host-{threads}t",
@@ -117,9 +121,10 @@ class CandidatePool:
                     continue
                 identity = json.dumps(trial.pipeline, sort_keys=True)
                 entry = by_key.setdefault(
-                    identity, {"trial": trial, "host": {}, "baseline": trial is result.baseline}
+                    identity,
+                    {"trial": trial, "profiles": [], "baseline": trial is result.baseline},
                 )
-                entry["host"][threads] = host_profile
+                entry["profiles"].append(host_profile)
         candidates = []
         for entry in by_key.values():
             trial = entry["trial"]
@@ -127,9 +132,9 @@ class CandidatePool:
             golden_path = model_path.with_name("golden.npz")
             if not golden_path.exists():
                 _write_golden(self.task, model_path, golden_path)
-            entry["host"] = {
-                threads: self._host(model_path, golden_path, profile)
-                for threads, profile in entry["host"].items()
+            host = {
+                profile.cpu_threads: self._host(model_path, golden_path, profile)
+                for profile in entry["profiles"]
             }
             candidates.append(
                 Candidate(
@@ -139,12 +144,20 @@ class CandidatePool:
                     size_bytes=int(trial.size_bytes or model_path.stat().st_size),
                     model_path=model_path,
                     golden_path=golden_path,
-                    features=features(model_path),
-                    host=entry["host"],
+                    features=self._feature(model_path),
+                    host=host,
                     baseline=entry["baseline"],
+                    quantized=any(s["pass"].startswith("quantize") for s in trial.pipeline),
                 )
             )
         return sorted(candidates, key=lambda c: (-c.accuracy, c.size_bytes))
+
+    def _feature(self, model_path: Path) -> ModelFeatures:
+        from edgeloop.compressor.costmodel import features
+
+        if model_path not in self._features:
+            self._features[model_path] = features(model_path)
+        return self._features[model_path]
 
     def _host(self, model_path: Path, golden_path: Path, profile: DeviceProfile) -> HostMeasurement:
         """The candidate timed back to back on this host, as a device times it.
@@ -230,14 +243,9 @@ class ClassState:
     """Candidate key -> why the class's devices refused or missed it (never retried)."""
     last: Decision | None = None
     deployed_round: int = 0
-    observed: set[str] = field(default_factory=set)
-    """Candidate keys whose device figures are already among ``observations``."""
     measured: dict[str, Measured] = field(default_factory=dict)
-    """What the class's devices reported, per candidate key."""
-
-    @property
-    def settled(self) -> bool:
-        return self.last is not None and self.last.action in ("keep", "unreachable")
+    """What the class's devices reported, per candidate key (each one is also among
+    ``observations`` when it carries a latency)."""
 
 
 def within_budget(profile: DeviceProfile, measured: Measured) -> bool:
@@ -288,8 +296,7 @@ def decide(
     - It missed (a gate refused it, or its figures exceed the budget): it is never retried;
       deploy the most accurate candidate predicted to fit, else stop as unreachable, naming
       the closest candidate and why it does not fit.
-
-    - no report for the current model yet (devices offline or still updating): wait.
+    - No report for it yet (devices offline or still updating): wait.
 
     ``margin`` < 1 asks predictions to fit with room to spare (a noisy host or device).
     Ties in accuracy go to the lower predicted latency.
@@ -458,7 +465,8 @@ class Loop:
             Decision(name, "deploy", baseline, "round 0: start every class on the fp32 baseline")
             for name in self.classes
         ]
-        self._apply(0, start)
+        self._record_all(0, start)
+        self._deploy(0, start)
         record = RoundRecord(0, start, {}, time.monotonic() - started)
         result.rounds.append(record)
         self._notify(record, result)
@@ -470,7 +478,7 @@ class Loop:
             )
             decisions = []
             for state in self.classes.values():
-                if state.settled and state.last and state.last.action == "unreachable":
+                if state.last is not None and state.last.action == "unreachable":
                     continue
                 measured = self._measure(state)
                 predictions = self._predictions(state)
@@ -478,7 +486,8 @@ class Loop:
                 decision.figures["calibration"] = self._calibration_json(state)
                 decisions.append(decision)
                 state.last = decision
-            self._apply(round_, [d for d in decisions if d.action == "deploy"], decisions)
+            self._record_all(round_, decisions)
+            self._deploy(round_, decisions)
             record = RoundRecord(
                 round_,
                 decisions,
@@ -557,23 +566,22 @@ class Loop:
             gate=failed["gate"] if failed else None,
             error=failed.get("error") if failed else None,
         )
+        first_report = current.key not in state.measured
         state.measured[current.key] = measured
         threads = state.profile.cpu_threads
-        if measured.p95_ms is not None and threads in current.host:
-            if current.key not in state.observed:
-                state.observed.add(current.key)
-                state.observations.append(
-                    Observation(
-                        current.features,
-                        current.host[threads],
-                        measured.p95_ms,
-                        measured.peak_rss_mb,
-                        measured.energy_mj,
-                        measured.p50_ms,
-                    )
+        if first_report and measured.p95_ms is not None and threads in current.host:
+            state.observations.append(
+                Observation(
+                    current.features,
+                    current.host[threads],
+                    measured.p95_ms,
+                    measured.peak_rss_mb,
+                    measured.energy_mj,
+                    measured.p50_ms,
                 )
-                self.cost.calibrate(state.profile.name, state.observations)
-                self._put_calibration(state)
+            )
+            self.cost.calibrate(state.profile.name, state.observations)
+            self._put_calibration(state)
         return measured
 
     def _predictions(self, state: ClassState) -> dict[str, Prediction]:
@@ -596,10 +604,8 @@ class Loop:
 
     # ------------------------------------------------------------------ acting
 
-    def _apply(
-        self, round_: int, deploys: list[Decision], decisions: list[Decision] | None = None
-    ) -> None:
-        for decision in decisions if decisions is not None else deploys:
+    def _record_all(self, round_: int, decisions: list[Decision]) -> None:
+        for decision in decisions:
             self._record(
                 round_,
                 decision.profile,
@@ -608,9 +614,15 @@ class Loop:
                 decision.reason,
                 decision.figures,
             )
-        # One class at a time: on a shared host, concurrent validation would measure the
-        # contention between emulated devices, not the device classes.
-        for decision in deploys:
+
+    def _deploy(self, round_: int, decisions: list[Decision]) -> None:
+        """Roll each ``deploy`` decision out to its class and wait for the rollout to end.
+
+        One class at a time: on a shared host, concurrent validation would measure the
+        contention between emulated devices, not the device classes."""
+        for decision in decisions:
+            if decision.action != "deploy":
+                continue
             assert decision.candidate is not None
             state = self.classes[decision.profile]
             label = self._register(decision.candidate)
@@ -625,6 +637,8 @@ class Loop:
             state.deployed_round = round_
 
     def _register(self, candidate: Candidate) -> str:
+        from edgeloop.compressor.report import golden_atol
+
         label = f"{self.name}:{candidate.version}"
         if label in self.registered:
             return label
@@ -634,7 +648,7 @@ class Loop:
             "size_bytes": candidate.size_bytes,
             "host_latency_p95_ms": min(h.p95_ms for h in candidate.host.values()),
             "peak_rss_mb": min(h.peak_rss_mb for h in candidate.host.values()),
-            "golden_atol": _golden_atol(candidate),
+            "golden_atol": golden_atol(candidate.golden_path, quantized=candidate.quantized),
         }
         try:
             self.client.push_files(
@@ -646,7 +660,7 @@ class Loop:
                 plan=False,
             )
         except ApiError as exc:
-            if "immutable" not in str(exc):
+            if exc.status != 409:  # 409: registered by an earlier run; versions are immutable
                 raise
         self.registered.add(label)
         return label
@@ -655,8 +669,8 @@ class Loop:
         deadline = time.monotonic() + self.rollout_timeout_s + 30
         while time.monotonic() < deadline:
             status = self.client.rollout(rollout_id)
-            if status["state"] in ("completed", "halted", "cancelled", "rolled_back"):
-                return status
+            if status["state"] not in (RolloutState.RUNNING, RolloutState.PAUSED):
+                return status  # completed, halted (a canary refused), cancelled, rolled back
             time.sleep(0.25)
         raise TimeoutError(f"rollout {rollout_id} did not finish within the loop's timeout")
 
@@ -681,13 +695,3 @@ class Loop:
         self.history.append(entry)
         log.info("round %d %s: %s %s — %s", round_, profile, action, model or "", reason)
         self.client.record_decision(entry)
-
-
-def _golden_atol(candidate: Candidate) -> float:
-    """Outputs of the same graph on another CPU differ by rounding: 1% of the output range
-    for quantized models, 1e-5 otherwise (as ``edgeloop compress`` sets it)."""
-    import numpy as np
-
-    scale = float(np.abs(np.load(candidate.golden_path)["outputs"]).max())
-    quantized = "quantize" in candidate.label
-    return round(max(1e-4, scale * (0.01 if quantized else 1e-5)), 6)

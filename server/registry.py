@@ -22,17 +22,18 @@ class RetentionError(ValueError):
     """A version cannot be retired (it is in use); the message says by what."""
 
 
+def _aware(moment: datetime) -> datetime:
+    return moment.astimezone(UTC) if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
 def as_utc(moment: datetime | None) -> datetime | None:
     """Zone-aware UTC; a naive time (SQLite's, or a query without a zone) is taken as UTC."""
-    if moment is None:
-        return None
-    return moment.astimezone(UTC) if moment.tzinfo else moment.replace(tzinfo=UTC)
+    return None if moment is None else _aware(moment)
 
 
 def iso_utc(moment: datetime) -> str:
     """ISO 8601 with the zone (UTC), whatever the database handed back."""
-    aware = moment.astimezone(UTC) if moment.tzinfo else moment.replace(tzinfo=UTC)
-    return aware.isoformat()
+    return _aware(moment).isoformat()
 
 
 def _iso(moment: datetime | None) -> str | None:
@@ -151,11 +152,8 @@ def telemetry(
 def _naive_utc(moment: datetime, db: Session) -> datetime:
     """SQLite stores times as naive UTC text, so compare with naive UTC there; PostgreSQL
     compares zone-aware values correctly."""
-    aware = as_utc(moment)
-    assert aware is not None
-    if db.get_bind().dialect.name == "sqlite":
-        return aware.replace(tzinfo=None)
-    return aware
+    aware = _aware(moment)
+    return aware.replace(tzinfo=None) if db.get_bind().dialect.name == "sqlite" else aware
 
 
 # ---------------------------------------------------------------------- retention
@@ -167,8 +165,9 @@ def _in_use(db: Session) -> dict[int, str]:
     for state in db.scalars(select(DesiredState).where(DesiredState.model_version_id.is_not(None))):
         if state.model_version_id is not None:
             uses.setdefault(state.model_version_id, f"desired by device {state.device_id}")
-    running = {d.current_model: d.id for d in db.scalars(select(Device))}
-    previous = {d.previous_model: d.id for d in db.scalars(select(Device))}
+    devices = list(db.scalars(select(Device)))
+    running = {d.current_model: d.id for d in devices}
+    previous = {d.previous_model: d.id for d in devices}
     for model in db.scalars(select(ModelVersion)):
         if model.label in running:
             uses.setdefault(model.id, f"running on device {running[model.label]}")

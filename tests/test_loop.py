@@ -13,6 +13,7 @@ from helpers import run_command
 
 from edgeloop.agent.protocol import DeviceProfile
 from edgeloop.compressor.costmodel import HostMeasurement, ModelFeatures, Prediction
+from edgeloop.compressor.report import golden_atol
 from edgeloop.server.broker import Broker
 from edgeloop.server.client import ApiClient
 from edgeloop.server.demo import DEMO_RECIPE
@@ -181,6 +182,14 @@ def test_the_loop_converges_on_emulated_classes_and_stops_where_nothing_fits(
         # The device really runs it, verified.
         (device,) = client.devices(profile=name)
         assert device["current_model"] == f"digits:{decision.candidate.version}"
+
+    # Quantized versions are registered with the wider golden tolerance another CPU needs.
+    assert {c.quantized for c in candidates} == {True, False}
+    assert all(c.quantized == ("int8" in c.label) for c in candidates)
+    by_version = {c.version: c for c in candidates}
+    for model in client.models():
+        built = by_version[model["version"]]
+        assert model["golden_atol"] == golden_atol(built.golden_path, quantized=built.quantized)
 
     # A kept class gets no rollout: one rollout per deploy decision, per class.
     deploys = [d for d in loop.history if d["action"] == "deploy"]

@@ -46,6 +46,15 @@ def _decision(row: LoopDecision) -> dict[str, Any]:
     }
 
 
+def _calibration(row: Calibration) -> dict[str, Any]:
+    return {
+        "profile": row.profile,
+        "calibration": row.calibration,
+        "observations": row.observations,
+        "updated_at": iso_utc(row.updated_at),
+    }
+
+
 @router.post("/loop/decisions", status_code=status.HTTP_201_CREATED)
 def record_decision(body: DecisionCreate, fleet: FleetDep) -> dict[str, Any]:
     with fleet.sessions.begin() as db:
@@ -92,19 +101,14 @@ def put_calibration(profile: str, body: CalibrationPut, fleet: FleetDep) -> dict
         row.calibration = body.calibration
         row.observations = body.observations
         row.updated_at = datetime.now(UTC)
-        return {"profile": profile, **body.model_dump()}
+        return _calibration(row)
 
 
 @router.get("/calibrations")
 def list_calibrations(fleet: FleetDep) -> list[dict[str, Any]]:
     with fleet.sessions() as db:
         return [
-            {
-                "profile": row.profile,
-                "calibration": row.calibration,
-                "observations": row.observations,
-                "updated_at": iso_utc(row.updated_at),
-            }
+            _calibration(row)
             for row in db.scalars(select(Calibration).order_by(Calibration.profile))
         ]
 
@@ -118,9 +122,4 @@ def get_calibration(profile: str, fleet: FleetDep) -> dict[str, Any]:
                 status.HTTP_404_NOT_FOUND,
                 f"no calibration for profile {profile!r} yet: it comes from devices' reports",
             )
-        return {
-            "profile": row.profile,
-            "calibration": row.calibration,
-            "observations": row.observations,
-            "updated_at": iso_utc(row.updated_at),
-        }
+        return _calibration(row)
