@@ -12,12 +12,14 @@ Example ``agent.toml``::
     probation_s = 30.0            # watch a new model this long before committing it
     shadow_every = 4              # re-run every 4th live request on the previous model
 
-    [profile]
-    name = "pi4"
-    cpu_threads = 4
-    memory_budget_mb = 512
-    latency_budget_ms = 5.0
-    execution_providers = ["CPUExecutionProvider"]
+    profile = "pi4"               # a catalogued profile (agent/profiles/), or a table:
+
+    # [profile]
+    # name = "pi4-camera"
+    # cpu_threads = 4
+    # memory_budget_mb = 512
+    # latency_budget_ms = 5.0
+    # execution_providers = ["CPUExecutionProvider"]
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from .errors import ConfigError
 from .protocol import DEVICE_ID_PATTERN, DeviceProfile
@@ -61,6 +63,21 @@ class AgentConfig(BaseModel):
     outbox_max_messages: int = Field(
         default=10_000, ge=10, description="offline buffer bound; the oldest are dropped first"
     )
+
+    @field_validator("profile", mode="before")
+    @classmethod
+    def _catalogued(cls, value: Any) -> Any:
+        """``profile = "pi4"`` names a profile of the catalogue."""
+        if isinstance(value, str):
+            from .profiles import PROFILES
+
+            if value not in PROFILES:
+                raise ValueError(
+                    f"{value!r} is not a catalogued profile ({', '.join(PROFILES)}); "
+                    "give its name or a [profile] table"
+                )
+            return PROFILES[value]
+        return value
 
     @property
     def broker_host(self) -> str:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from .protocol import Gate
+
 
 class AgentError(Exception):
     """Base of everything the agent raises on purpose."""
@@ -16,9 +18,9 @@ class ArtifactError(AgentError):
 
 
 class GateError(AgentError):
-    """A model failed a validation gate; ``gate`` names which one."""
+    """A model failed a validation gate; ``gate`` names which one (it goes into the report)."""
 
-    def __init__(self, gate: str, message: str) -> None:
+    def __init__(self, gate: Gate, message: str) -> None:
         super().__init__(f"{gate}: {message}")
         self.gate = gate
 

@@ -6,32 +6,55 @@ validation, no network and no disk. ``docs/protocol.md`` documents it with an ex
 every message and must change together with it.
 
 Invariants:
-- Every message carries ``protocol`` (the integer :data:`PROTOCOL_VERSION`) and a ``type``
-  tag; a receiver refuses a message of another protocol version instead of guessing.
+- Every message carries ``protocol`` (the major version, an integer) and a ``type`` tag; a
+  receiver refuses a message of a version outside :data:`SUPPORTED_VERSIONS` instead of
+  guessing, and names the versions it speaks.
 - ``desired`` messages are published retained at QoS 1, so a device that connects late (or
   reconnects) gets its latest desired state from the broker alone.
 - ``status`` is retained too and doubles as the MQTT last-will, so ``online`` is always the
   broker's view of the device.
-- Unknown fields are rejected: a typo on either side is an error, not silently ignored data.
+- Within a major version, a receiver ignores fields it does not know, at every level (the
+  message and the objects nested in it): :func:`decode` drops them, counts them in
+  :data:`unknown_fields` and logs them at DEBUG. So a newer peer may add an optional field
+  without breaking the deployed fleet. A field that an older peer must understand to act
+  correctly is a new major version; the server then speaks to each device in the version its
+  ``hello`` announced.
+- Only :func:`decode` is lenient. The models themselves forbid unknown fields, so building one
+  in code or loading one from a local file (``DeviceProfile`` in the agent's config and the
+  profile catalogue) still turns a typo into an error. One model class serves both: the
+  leniency is a validation context that :func:`decode` passes, not a second set of classes.
 """
 
 from __future__ import annotations
 
 import json
+import logging
+import threading
+from collections import Counter
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    TypeAdapter,
+    ValidationError,
+    ValidationInfo,
+    model_validator,
+)
 
 __all__ = [
     "PROTOCOL_VERSION",
+    "SUPPORTED_VERSIONS",
     "TOPIC_ROOT",
     "Channel",
     "Desired",
     "DeviceProfile",
     "Energy",
     "FileRef",
+    "Gate",
     "Hello",
     "LatencyStats",
     "Message",
@@ -47,9 +70,14 @@ __all__ = [
     "parse_topic",
     "subscription",
     "topic",
+    "unknown_fields",
 ]
 
 PROTOCOL_VERSION = 1
+"""The major version this side sends; also the ``v1`` in :data:`TOPIC_ROOT`."""
+SUPPORTED_VERSIONS: tuple[int, ...] = (PROTOCOL_VERSION,)
+"""Every major version this side can receive and speak. A server that speaks several answers
+each device in the version of its ``hello``; :func:`decode` refuses any other version."""
 TOPIC_ROOT = f"edgeloop/v{PROTOCOL_VERSION}/devices"
 DEVICE_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 SHA256_PATTERN = r"^[0-9a-f]{64}$"
@@ -57,6 +85,16 @@ SHA256_PATTERN = r"^[0-9a-f]{64}$"
 
 class ProtocolError(ValueError):
     """A payload or topic that does not follow this contract; the message says why."""
+
+
+log = logging.getLogger("edgeloop.agent.protocol")
+
+unknown_fields: Counter[str] = Counter()
+"""Fields :func:`decode` dropped because this side does not know them, keyed by
+``Model.field`` (e.g. ``Hello.gpu``, ``DeviceProfile.npu_tops``). A count that keeps growing
+means a peer speaks a newer minor revision of the protocol than this side."""
+_unknown_fields_lock = threading.Lock()
+_LENIENT = "edgeloop.protocol.unknown_fields"
 
 
 class Channel(StrEnum):
@@ -89,8 +127,54 @@ class Phase(StrEnum):
     OFFLINE = "offline"
 
 
+class Gate(StrEnum):
+    """What refused a model: a validation gate, a probation check, or a step of the update.
+
+    ``report.gate`` and the agent's state file carry these words; ``docs/protocol.md`` has a
+    table of them. A new member is a new value an older server cannot parse, so it belongs to
+    a new major version (see the evolution policy there).
+    """
+
+    # before and while downloading
+    SIZE = "size"  # the artifact is over the profile's model_size_budget_kb; never fetched
+    DISK = "disk"  # not enough free space for the download
+    DOWNLOAD = "download"  # the files could not be fetched, retries included
+    VERIFY = "verify"  # size or SHA-256 of a file differs from the manifest
+    # validation, in the order the gates run
+    LOADS = "loads"  # onnxruntime cannot open the file
+    OPSET = "opset"  # its opset/IR version is one this onnxruntime does not run
+    IO = "io"  # input/output names, dtypes or fixed dimensions differ from the manifest
+    GOLDEN = "golden"  # golden inputs do not reproduce the golden outputs within tolerance
+    FINITE = "finite"  # NaN or Inf on the golden inputs
+    LATENCY = "latency"  # p95 over the latency budget (validation, and live in probation)
+    MEMORY = "memory"  # peak RSS over the memory budget
+    # activation and probation
+    ACTIVATE = "activate"  # the validated model could not be loaded to serve
+    ERRORS = "errors"  # live or probe inferences failed in probation
+    AGREEMENT = "agreement"  # disagrees with the previous model on live inputs
+    OPERATOR = "operator"  # an operator rolled it back
+    RESTARTS = "restarts"  # the agent kept restarting during the update; abandoned
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _drop_unknown_fields(cls, data: Any, info: ValidationInfo) -> Any:
+        """Under :func:`decode`'s context, drop (and note) the fields this model lacks.
+
+        Without that context nothing is dropped and ``extra="forbid"`` refuses them, which is
+        what code and local files want.
+        """
+        dropped = info.context.get(_LENIENT) if isinstance(info.context, dict) else None
+        if dropped is None or not isinstance(data, dict):
+            return data
+        unknown = data.keys() - cls.model_fields.keys()
+        if not unknown:
+            return data
+        dropped.extend(f"{cls.__name__}.{name}" for name in sorted(unknown))
+        return {key: value for key, value in data.items() if key not in unknown}
 
 
 def _now() -> datetime:
@@ -227,7 +311,7 @@ class Report(_Message):
     within_budget: bool | None = None
     budget_detail: dict[str, bool] = Field(default_factory=dict)
     error: str | None = None
-    gate: str | None = Field(
+    gate: Gate | None = Field(
         default=None,
         description="the validation gate or probation check that refused the model, if any",
     )
@@ -312,12 +396,15 @@ def decode(
 ) -> Hello | Status | Desired | Report | Telemetry:
     """Parse and validate one payload.
 
-    When ``topic_name`` is given, the message must be of that topic's channel and name the
-    same device as the topic, so a device cannot speak for another one.
+    Fields this side does not know are dropped at every level, counted in
+    :data:`unknown_fields` and logged at DEBUG (a newer peer of the same major version added
+    them). When ``topic_name`` is given, the message must be of that topic's channel and name
+    the same device as the topic, so a device cannot speak for another one.
 
     Raises:
-        ProtocolError: not JSON, wrong protocol version, unknown type, invalid field, or a
-            message that does not match its topic. The message names the problem.
+        ProtocolError: not JSON, a protocol version outside :data:`SUPPORTED_VERSIONS`,
+            unknown type, invalid field, or a message that does not match its topic. The
+            message names the problem.
     """
     try:
         raw = json.loads(payload)
@@ -326,12 +413,14 @@ def decode(
     if not isinstance(raw, dict):
         raise ProtocolError(f"payload must be a JSON object, got {type(raw).__name__}")
     version = raw.get("protocol")
-    if version != PROTOCOL_VERSION:
+    if isinstance(version, bool) or version not in SUPPORTED_VERSIONS:
+        spoken = ", ".join(str(v) for v in SUPPORTED_VERSIONS)
         raise ProtocolError(
-            f"protocol version {version!r} is not supported (this side speaks {PROTOCOL_VERSION})"
+            f"protocol version {version!r} is not supported (this side speaks {spoken})"
         )
+    dropped: list[str] = []
     try:
-        message = _MESSAGE.validate_python(raw)
+        message = _MESSAGE.validate_python(raw, context={_LENIENT: dropped})
     except ValidationError as exc:
         problems = "; ".join(
             f"{'.'.join(str(p) for p in err['loc']) or '<root>'}: {err['msg']}"
@@ -348,4 +437,8 @@ def decode(
             raise ProtocolError(
                 f"message names device {message.device_id!r} but came on the topic of {device_id!r}"
             )
+    if dropped:
+        with _unknown_fields_lock:
+            unknown_fields.update(dropped)
+        log.debug("ignored unknown fields from %s: %s", message.device_id, ", ".join(dropped))
     return message

@@ -1,4 +1,10 @@
-"""Open a model in onnxruntime the way a profile allows, and measure it."""
+"""Open a model in onnxruntime the way a profile allows, and measure it.
+
+This is the one place a session is opened: the agent, the compressor's evaluation and memory
+probe, the cost model's host measurements, the lab's emulated devices and the operator's
+``models push`` all call :func:`open_session`, so a model is measured on the build host with
+the options it will run with on the device.
+"""
 
 from __future__ import annotations
 
@@ -10,8 +16,9 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from .protocol import DeviceProfile, LatencyStats
-from .validate import Golden, classify_load_error
+from .golden import Golden, save_golden
+from .protocol import DeviceProfile, LatencyStats, TensorSpec
+from .validate import classify_load_error
 
 
 def providers_for(profile: DeviceProfile) -> list[str]:
@@ -31,7 +38,7 @@ def open_session(model_path: Path, profile: DeviceProfile) -> ort.InferenceSessi
     """Load ``model_path`` with the profile's thread count.
 
     Raises:
-        GateError("opset" or "loads"): onnxruntime refuses the file (unsupported opset or
+        GateError(Gate.OPSET or Gate.LOADS): onnxruntime refuses the file (unsupported opset or
             IR version; corrupt file or unknown op).
     """
     options = ort.SessionOptions()
@@ -44,6 +51,61 @@ def open_session(model_path: Path, profile: DeviceProfile) -> ort.InferenceSessi
         )
     except Exception as exc:  # onnxruntime raises bare RuntimeError/Fail subclasses
         raise classify_load_error(model_path, exc) from exc
+
+
+def host_profile(threads: int = 1) -> DeviceProfile:
+    """This machine's CPU at ``threads`` intra-op threads, without budgets: for measuring a
+    model on the build host as a device with that many threads would run it."""
+    return DeviceProfile(
+        name=f"host-{threads}t",
+        cpu_threads=threads,
+        memory_budget_mb=float("inf"),
+        latency_budget_ms=float("inf"),
+    )
+
+
+_ORT_DTYPES = {
+    "tensor(float)": "float32",
+    "tensor(float16)": "float16",
+    "tensor(double)": "float64",
+    "tensor(int64)": "int64",
+    "tensor(int32)": "int32",
+    "tensor(int8)": "int8",
+    "tensor(uint8)": "uint8",
+    "tensor(bool)": "bool",
+}
+
+
+def io_specs(session: ort.InferenceSession) -> tuple[list[TensorSpec], list[TensorSpec]]:
+    """The session's inputs and outputs in the wire contract's terms (what a manifest lists).
+
+    A dimension without a size is symbolic: its name, or ``"?"`` when the graph has none.
+
+    Raises:
+        ValueError: a tensor type the contract has no dtype for (e.g. strings, sequences).
+    """
+
+    def spec(arg: ort.NodeArg) -> TensorSpec:
+        dtype = _ORT_DTYPES.get(arg.type)
+        if dtype is None:
+            raise ValueError(f"tensor {arg.name!r} has type {arg.type}, which no device can feed")
+        shape = [d if isinstance(d, int) else (d or "?") for d in arg.shape]
+        return TensorSpec(name=arg.name, dtype=dtype, shape=shape)
+
+    return [spec(a) for a in session.get_inputs()], [spec(a) for a in session.get_outputs()]
+
+
+def record_golden(model_path: Path, inputs: dict[str, np.ndarray], golden_path: Path) -> Golden:
+    """Run ``inputs`` through the artifact itself (onnxruntime, this host, one thread) and save
+    them with its first output.
+
+    Outputs come from the very file that ships, not from the framework it was exported
+    from, so export drift is not excused by the gate.
+    """
+    session = open_session(model_path, host_profile(1))
+    outputs = session.run(None, inputs)[0]
+    save_golden(golden_path, inputs, outputs)
+    return Golden(dict(inputs), outputs)
 
 
 @dataclass(frozen=True)

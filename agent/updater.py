@@ -25,8 +25,9 @@ import requests
 from .config import AgentConfig
 from .errors import AgentError, ArtifactError, GateError, TransportError
 from .fetch import fetch
+from .golden import load_golden
 from .host import LoadedModel, ModelHost
-from .protocol import Desired, FileRef, ModelManifest, Phase, Report
+from .protocol import Desired, FileRef, Gate, ModelManifest, Phase, Report
 from .runtime import (
     measure,
     open_session,
@@ -47,7 +48,7 @@ from .states import (
     next_state,
     resume,
 )
-from .validate import check_budgets, check_golden, check_io, check_size, load_golden
+from .validate import check_budgets, check_golden, check_io, check_size
 
 log = logging.getLogger("edgeloop.agent.updater")
 
@@ -57,6 +58,9 @@ state (set only on the process under test; its restart runs without it)."""
 
 DISK_MARGIN_BYTES = 16 * 2**20
 """Free space kept beyond the download itself: the state file, logs and the outbox need room."""
+
+BUDGET_GATES = (Gate.LATENCY, Gate.MEMORY, Gate.SIZE)
+"""The gates that compare a measurement with a profile budget (``report.budget_detail``)."""
 
 
 @dataclass
@@ -108,7 +112,7 @@ class Updater:
                 self._transition(
                     event,
                     reason=f"agent restarted {record.resumes - 1} times during {record.state}",
-                    gate="restarts",
+                    gate=Gate.RESTARTS,
                 )
             elif record.state in TERMINAL:
                 self._settle()
@@ -197,7 +201,7 @@ class Updater:
                 committed=record.previous,
                 previous=None,
                 reason="operator rollback",
-                gate="operator",
+                gate=Gate.OPERATOR,
             )
             return self.record
 
@@ -214,7 +218,7 @@ class Updater:
         if free < needed + DISK_MARGIN_BYTES:
             return self._fail(
                 Event.DOWNLOAD_FAILED,
-                "disk",
+                Gate.DISK,
                 f"{free / 2**20:.1f} MB free, the download needs {needed / 2**20:.1f} MB "
                 f"plus {DISK_MARGIN_BYTES / 2**20:.0f} MB margin",
             )
@@ -222,12 +226,12 @@ class Updater:
             for ref in (manifest.artifact, manifest.golden):
                 self._fetch(ref)
         except ArtifactError as exc:
-            return self._fail(Event.CORRUPT, "verify", str(exc))
+            return self._fail(Event.CORRUPT, Gate.VERIFY, str(exc))
         except TransportError as exc:
             return (
                 None
                 if self.stopping.is_set()
-                else self._fail(Event.DOWNLOAD_FAILED, "download", str(exc))
+                else self._fail(Event.DOWNLOAD_FAILED, Gate.DOWNLOAD, str(exc))
             )
         return Event.DOWNLOADED
 
@@ -236,10 +240,14 @@ class Updater:
         for ref in (manifest.artifact, manifest.golden):
             path = self.blobs / ref.sha256
             if not path.exists() or path.stat().st_size != ref.size:
-                return self._fail(Event.CORRUPT, "verify", f"{path.name} is missing or truncated")
+                return self._fail(
+                    Event.CORRUPT, Gate.VERIFY, f"{path.name} is missing or truncated"
+                )
             if sha256_file(path) != ref.sha256:
                 path.unlink()
-                return self._fail(Event.CORRUPT, "verify", f"{ref.url}: SHA-256 mismatch on disk")
+                return self._fail(
+                    Event.CORRUPT, Gate.VERIFY, f"{ref.url}: SHA-256 mismatch on disk"
+                )
         candidate = self._candidate()
         self.slots.install(
             candidate.slot,
@@ -303,7 +311,7 @@ class Updater:
         try:
             loaded = self._load(candidate)
         except AgentError as exc:
-            return self._fail(Event.ACTIVATION_FAILED, "activate", str(exc))
+            return self._fail(Event.ACTIVATION_FAILED, Gate.ACTIVATE, str(exc))
         self.slots.point_to(candidate.slot)
         self.host.swap(loaded)
         return Event.ACTIVATED
@@ -333,13 +341,13 @@ class Updater:
                 self.host.infer(golden.sample(index))
         except AgentError as exc:
             self.host.stop_shadow()
-            return self._fail(Event.BREACH, "errors", f"probe inference failed: {exc}")
+            return self._fail(Event.BREACH, Gate.ERRORS, f"probe inference failed: {exc}")
         deadline = since + self.config.probation_s
         while time.monotonic() < deadline:
             if self.rollback_requested.is_set():
                 self.rollback_requested.clear()
                 self.host.stop_shadow()
-                return self._fail(Event.OPERATOR_ROLLBACK, "operator", "operator rollback")
+                return self._fail(Event.OPERATOR_ROLLBACK, Gate.OPERATOR, "operator rollback")
             if self.stopping.wait(0.05):
                 self.host.stop_shadow()
                 return None
@@ -349,7 +357,7 @@ class Updater:
         if window.error_rate > self.config.max_error_rate:
             return self._fail(
                 Event.BREACH,
-                "errors",
+                Gate.ERRORS,
                 f"{window.errors} of {window.requests} requests failed in probation",
             )
         budget = profile.latency_budget_ms * self.config.probation_latency_factor
@@ -361,13 +369,13 @@ class Updater:
         if enough and window.latency is not None and window.latency.p95_ms > budget:
             return self._fail(
                 Event.BREACH,
-                "latency",
+                Gate.LATENCY,
                 f"live p95 {window.latency.p95_ms:.3f} ms over {budget:.3f} ms in probation",
             )
         if agreement is not None and agreement < manifest.min_agreement:
             return self._fail(
                 Event.BREACH,
-                "agreement",
+                Gate.AGREEMENT,
                 f"agrees with the previous model on {agreement:.3f} of {compared} shadow "
                 f"samples ({manifest.agreement_metric}), below {manifest.min_agreement}",
             )
@@ -410,7 +418,7 @@ class Updater:
             self.hooks.on_report(self._report())
             self._save(record.model_copy(update={"reported": True}))
 
-    def _fail(self, event: Event, gate: str, reason: str) -> Event:
+    def _fail(self, event: Event, gate: Gate, reason: str) -> Event:
         self.record = self.record.model_copy(update={"gate": gate, "reason": reason})
         log.error("%s: %s", gate, reason)
         return event
@@ -423,7 +431,7 @@ class Updater:
         assert candidate is not None
         measured = record.measured
         ok = record.state == Phase.COMMITTED and record.gate is None
-        budget = {"latency": True, "memory": True, "size": True} if measured else {}
+        budget = {gate.value: True for gate in BUDGET_GATES} if measured else {}
         if record.gate in budget:
             budget[record.gate] = False
         return Report(
@@ -433,15 +441,15 @@ class Updater:
             artifact_sha256=candidate.sha256,
             ok=ok,
             phase=record.state,
-            verified=record.gate not in ("verify", "download", "disk", "size"),
+            verified=record.gate not in (Gate.VERIFY, Gate.DOWNLOAD, Gate.DISK, Gate.SIZE),
             golden_max_abs_err=measured.golden_max_abs_err if measured else None,
             latency=measured.latency if measured else None,
             peak_rss_mb=measured.peak_rss_mb if measured else None,
             energy=measured.energy if measured else None,
-            within_budget=(record.gate not in ("latency", "memory", "size")) if measured else None,
+            within_budget=(record.gate not in BUDGET_GATES) if measured else None,
             budget_detail=budget,
             error=record.reason,
-            gate=record.gate,
+            gate=Gate(record.gate) if record.gate else None,
             running=record.committed.label if record.committed else None,
             providers=measured.providers if measured else [],
             agreement=record.agreement,

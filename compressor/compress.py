@@ -16,7 +16,6 @@ import shutil
 import sys
 from pathlib import Path
 
-import numpy as np
 from rich.console import Console
 from rich.table import Table
 
@@ -46,7 +45,7 @@ def compress(
     plot_pareto(result, out_dir / "pareto.png")
     if result.chosen is not None and result.chosen.model_path:
         shutil.copyfile(result.chosen.model_path, out_dir / "model.onnx")
-        _write_golden(task, out_dir / "model.onnx", out_dir / "golden.npz")
+        write_golden(task, out_dir / "model.onnx", out_dir / "golden.npz")
     if progress:
         print_result(result, console or Console(width=None if sys.stdout.isatty() else 200))
     return result
@@ -61,7 +60,8 @@ def built_model(
         ValueError: nothing was chosen, or the task's metric is not a 0..1 score the
             control plane can rank devices' models by.
     """
-    from edgeloop.compressor.export import tensor_specs
+
+    from edgeloop.agent.runtime import host_profile, io_specs, open_session
 
     chosen, baseline = result.chosen, result.baseline
     if chosen is None:
@@ -69,7 +69,7 @@ def built_model(
     if not (0 <= (chosen.metric or 0) <= 1 and task.higher_is_better):
         raise ValueError(f"{task.metric} is not a 0..1 score; publish this task's model by hand")
     model_path, golden_path = out_dir / "model.onnx", out_dir / "golden.npz"
-    inputs, outputs = tensor_specs(model_path)
+    inputs, outputs = io_specs(open_session(model_path, host_profile(1)))
     quantized = any(step["pass"].startswith("quantize") for step in chosen.pipeline)
     report = ModelReport(
         variant=chosen.label,
@@ -93,16 +93,13 @@ def built_model(
     return BuiltModel(name, version, model_path, golden_path, inputs, outputs, report)
 
 
-def _write_golden(task: Task, model: Path, golden: Path) -> None:
-    from edgeloop.compressor.evaluate import outputs
+def write_golden(task: Task, model_path: Path, golden_path: Path) -> None:
+    """The device gate's reference for ``model_path``: eight of the task's evaluation inputs
+    and the outputs the artifact itself gives for them."""
+    from edgeloop.agent.runtime import record_golden
 
     feeds = task.eval_feeds(8)
-    feed = {name: value[:8] for name, value in feeds[0].items()}
-    produced = outputs(model, [feed])[0]
-    if len(feed) == 1:
-        np.savez(golden, inputs=next(iter(feed.values())), outputs=produced)
-    else:
-        np.savez(golden, outputs=produced, **{f"input_{k}": v for k, v in feed.items()})
+    record_golden(model_path, {name: value[:8] for name, value in feeds[0].items()}, golden_path)
 
 
 def print_result(result: SearchResult, console: Console) -> None:

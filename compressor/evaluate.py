@@ -16,18 +16,15 @@ __all__ = ["accuracy", "latency", "make_golden", "session"]
 
 
 def session(model_path: Path, threads: int = 1) -> ort.InferenceSession:
-    """A CPU session pinned to ``threads`` intra-op threads and no inter-op parallelism.
+    """A session as a device with ``threads`` intra-op threads opens it (the agent's own
+    :func:`~edgeloop.agent.runtime.open_session`).
 
     Thread counts are pinned because onnxruntime's default (all cores) makes latencies depend
     on whatever else the host is doing.
     """
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    return ort.InferenceSession(
-        str(model_path), sess_options=options, providers=["CPUExecutionProvider"]
-    )
+    from edgeloop.agent.runtime import host_profile, open_session
+
+    return open_session(model_path, host_profile(threads))
 
 
 def _io_names(sess: ort.InferenceSession) -> tuple[str, str]:
@@ -69,13 +66,11 @@ def make_golden(model_path: Path, inputs: np.ndarray, golden_path: Path) -> floa
     output scale. Outputs come from onnxruntime on this very file, so a device that computes
     them differently is detected, not excused by export drift.
     """
-    sess = session(model_path, threads=1)
-    input_name, output_name = _io_names(sess)
-    outputs = sess.run([output_name], {input_name: inputs})[0]
-    golden_path.parent.mkdir(parents=True, exist_ok=True)
-    with golden_path.open("wb") as f:
-        np.savez(f, inputs=inputs, outputs=outputs)
-    return float(np.abs(outputs).max())
+    from edgeloop.agent.runtime import record_golden
+
+    input_name = session(model_path, threads=1).get_inputs()[0].name
+    golden = record_golden(model_path, {input_name: inputs}, golden_path)
+    return float(np.abs(golden.outputs).max())
 
 
 def peak_memory_mb(model_path: Path, feed: dict[str, np.ndarray], threads: int = 1) -> float:

@@ -12,12 +12,10 @@ from pathlib import Path
 
 import onnx
 import torch
-from onnx import helper
 
-from edgeloop.agent.protocol import TensorSpec
 from edgeloop.compressor.task import ExportSpec
 
-__all__ = ["BATCH_DIM", "OPSET", "export_model", "tensor_specs"]
+__all__ = ["BATCH_DIM", "OPSET", "export_model"]
 
 OPSET = 17
 BATCH_DIM = "batch"
@@ -52,32 +50,3 @@ def _inline_sidecars(path: Path) -> None:
         for sidecar in sidecars:
             sidecar.unlink()
         onnx.save_model(inline, str(path), save_as_external_data=False)
-
-
-def tensor_specs(path: Path) -> tuple[list[TensorSpec], list[TensorSpec]]:
-    """The graph's inputs and outputs in the wire contract's terms.
-
-    Initializers that older exporters list as graph inputs are left out: a device only feeds
-    real inputs.
-    """
-    graph = onnx.load_model(str(path), load_external_data=False).graph
-    initializers = {init.name for init in graph.initializer}
-    inputs = [_spec(value) for value in graph.input if value.name not in initializers]
-    outputs = [_spec(value) for value in graph.output]
-    return inputs, outputs
-
-
-def _spec(value: onnx.ValueInfoProto) -> TensorSpec:
-    tensor = value.type.tensor_type
-    return TensorSpec(
-        name=value.name,
-        dtype=helper.tensor_dtype_to_np_dtype(tensor.elem_type).name,
-        shape=[_dim(dim) for dim in tensor.shape.dim],
-    )
-
-
-def _dim(dim: onnx.TensorShapeProto.Dimension) -> int | str:
-    """A size, or the symbolic name; an unnamed unknown size is still symbolic, so ``"?"``."""
-    if dim.HasField("dim_value"):
-        return dim.dim_value
-    return dim.dim_param or "?"

@@ -14,13 +14,13 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from edgeloop.compressor.passes import get_pass
 from edgeloop.compressor.passes.base import (
     Handle,
     OnnxModel,
     PassConfig,
     PassContext,
     TorchModel,
-    get_pass,
 )
 from edgeloop.compressor.recipe import describe
 from edgeloop.compressor.task import Task

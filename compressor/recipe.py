@@ -30,7 +30,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from edgeloop.compressor.passes.base import PassConfig, RecipeError, get_pass
+from edgeloop.compressor.passes import PassConfig, RecipeError, get_pass
 
 DECLARED = "declared"
 

@@ -29,7 +29,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from edgeloop.agent.protocol import DeviceProfile
 from edgeloop.agent.runtime import latency_stats, open_session
 from edgeloop.compressor import evaluate
-from edgeloop.compressor.passes.base import RecipeError, get_pass
+from edgeloop.compressor.passes import RecipeError, get_pass
 from edgeloop.compressor.pipeline import Pipeline, StageCache, _hash
 from edgeloop.compressor.recipe import Recipe, describe, label
 from edgeloop.compressor.task import Task

@@ -2,7 +2,7 @@
 
 Broker → control plane (subprocess) → device agents (subprocesses, different profiles, each
 confined to an emulated device class) → the compressor builds candidates of a digits CNN
-(pruned, int8) → the closed loop (:mod:`edgeloop.server.loop`) starts every class on fp32,
+(pruned, int8) → the closed loop (:mod:`edgeloop.loop`) starts every class on fp32,
 reads the devices' reports, calibrates its cost model and rolls out the most accurate
 candidate each class affords, round after round → agents fetch, verify, validate, measure and
 report → a table per device with the round that put its model there, and why.
@@ -21,37 +21,16 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from edgeloop.agent.profiles import PROFILES
 from edgeloop.agent.protocol import DeviceProfile
+from edgeloop.lab.broker import start_broker
+from edgeloop.lab.emulation import DeviceClass
+from edgeloop.lab.launch import AgentProcess, ServerProcess, wait_for_devices
+from edgeloop.loop import CandidatePool, Loop, LoopResult, RoundRecord
+from edgeloop.server.client import ApiClient
 
-from .broker import start_broker
-from .client import ApiClient
-from .emulation import DeviceClass
-from .launch import AgentProcess, ServerProcess, wait_for_devices
-from .loop import CandidatePool, Loop, LoopResult, RoundRecord
-
-DEMO_PROFILES: list[DeviceProfile] = [
-    DeviceProfile(
-        name="jetson-nano",
-        cpu_threads=2,
-        memory_budget_mb=512,
-        latency_budget_ms=5.0,
-        execution_providers=[
-            "TensorrtExecutionProvider",
-            "CUDAExecutionProvider",
-            "CPUExecutionProvider",
-        ],
-        arch="aarch64",
-    ),
-    DeviceProfile(
-        name="pi-zero-2",
-        cpu_threads=1,
-        memory_budget_mb=256,
-        latency_budget_ms=2.0,
-        execution_providers=["CPUExecutionProvider"],
-        model_size_budget_kb=128,
-        arch="aarch64",
-    ),
-]
+DEMO_PROFILES: list[DeviceProfile] = [PROFILES["jetson-nano"], PROFILES["pi-zero-2"]]
+"""From the profile catalogue (``agent/profiles/``)."""
 
 
 DEMO_CLASSES: dict[str, DeviceClass] = {

@@ -31,7 +31,6 @@ import contextlib
 import errno
 import json
 import logging
-import math
 import os
 import re
 import resource
@@ -609,7 +608,7 @@ def measure_on_class(
     argv = [
         sys.executable,
         "-m",
-        "edgeloop.server.emulation",
+        "edgeloop.lab.emulation",
         "measure",
         str(model_path),
         str(golden_path),
@@ -649,17 +648,11 @@ def measure_on_class(
 
 
 def _measure_here(model_path: Path, golden_path: Path, threads: int, runs: int) -> dict[str, Any]:
-    from edgeloop.agent.runtime import measure, open_session, peak_rss_mb
-    from edgeloop.agent.validate import load_golden
+    from edgeloop.agent.golden import load_golden
+    from edgeloop.agent.runtime import host_profile, measure, open_session, peak_rss_mb
 
     # open_session reads only the thread count and providers; budgets do not apply here.
-    profile = DeviceProfile(
-        name="emulation-measure",
-        cpu_threads=threads,
-        latency_budget_ms=math.inf,
-        memory_budget_mb=math.inf,
-    )
-    session = open_session(model_path, profile)
+    session = open_session(model_path, host_profile(threads))
     golden = load_golden(golden_path, [node.name for node in session.get_inputs()])
     result = measure(session, golden, runs)
     return {
@@ -686,7 +679,7 @@ def _peak_address_space_mb() -> float | None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m edgeloop.server.emulation")
+    parser = argparse.ArgumentParser(prog="python -m edgeloop.lab.emulation")
     commands = parser.add_subparsers(dest="command", required=True)
     measure_cmd = commands.add_parser(
         "measure", help="measure a model in this process (run it confined); prints one JSON line"

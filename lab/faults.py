@@ -25,14 +25,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import onnxruntime as ort
 import paho.mqtt.client as mqtt
 import requests
 
+from edgeloop.agent.golden import golden_bytes
+from edgeloop.agent.profiles import PROFILES
 from edgeloop.agent.protocol import (
     Channel,
     Desired,
-    DeviceProfile,
     FileRef,
     ModelManifest,
     Phase,
@@ -41,15 +41,16 @@ from edgeloop.agent.protocol import (
     encode,
     topic,
 )
+from edgeloop.agent.runtime import open_session
 from edgeloop.agent.slots import sha256_file
 from edgeloop.agent.states import StateFileError, StateStore
+from edgeloop.lab.broker import MosquittoBroker
+from edgeloop.lab.launch import AgentProcess, ServerProcess
 
-from .broker import MosquittoBroker
-from .launch import AgentProcess, ServerProcess
+log = logging.getLogger("edgeloop.lab.faults")
 
-log = logging.getLogger("edgeloop.agentbench")
-
-PROFILE = DeviceProfile(name="bench", cpu_threads=1, memory_budget_mb=4096, latency_budget_ms=100)
+PROFILE = PROFILES["host-1t"]
+"""The fault campaigns' device: this host, one thread, budgets that a tiny model never misses."""
 FEATURES, CLASSES = 64, 10
 
 
@@ -79,13 +80,11 @@ def upload_version(
 ) -> ModelManifest:
     """Build a model version, upload model and golden file, return the manifest devices get."""
     import hashlib
-    import io
 
     inputs = np.random.default_rng(1).normal(size=(32, FEATURES)).astype(np.float32)
-    golden = io.BytesIO()
-    np.savez(golden, inputs=inputs, outputs=inputs @ weights)
+    golden = golden_bytes({"x": inputs}, inputs @ weights)
     refs = []
-    for data in (linear_model(weights, padding_floats), golden.getvalue()):
+    for data in (linear_model(weights, padding_floats), golden):
         digest = hashlib.sha256(data).hexdigest()
         response = requests.put(f"{server_url}/api/v1/artifacts/{digest}", data=data, timeout=30)
         response.raise_for_status()
@@ -184,7 +183,7 @@ def check_device(workdir: Path, revision: int | None = None) -> tuple[str, str |
         if sha256_file(model) != committed.sha256:
             return state, f"{model} does not have the committed model's SHA-256"
         try:
-            ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
+            open_session(model, PROFILE)
         except Exception as exc:
             return state, f"committed model does not load: {exc}"
     return state, None
@@ -417,209 +416,3 @@ def _outbox_state(device_dir: Path) -> tuple[int, int]:
 
 def summary(result: Kill9Result | OutageResult) -> str:
     return json.dumps(result.__dict__, indent=1, default=str)
-
-
-# --------------------------------------------------------------------------- footprint figures
-
-_BARE_RUNTIME = """
-import sys, time
-import numpy, onnxruntime, paho.mqtt.client, requests
-options = onnxruntime.SessionOptions()
-options.intra_op_num_threads = 1  # as the agent, with the bench profile's one thread
-options.inter_op_num_threads = 1
-session = onnxruntime.InferenceSession(
-    sys.argv[1], sess_options=options, providers=["CPUExecutionProvider"]
-)
-x = numpy.zeros((1, {features}), numpy.float32)
-for _ in range(30):
-    session.run(None, {{"x": x}})
-time.sleep(2)
-print([l for l in open("/proc/self/status") if l.startswith("VmRSS")][0].split()[1])
-"""
-
-_IMPORT_TIME = (
-    "import time; t = time.perf_counter(); import edgeloop.agent.daemon, edgeloop.agent.cli; "
-    "print(time.perf_counter() - t)"
-)
-
-
-def rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    raise RuntimeError(f"no VmRSS for pid {pid}")
-
-
-def bare_runtime_rss_mb(model_path: Path) -> float:
-    """RSS of a process that only imports what the agent needs and opens the same model."""
-    import subprocess
-    import sys
-
-    out = subprocess.run(
-        [sys.executable, "-c", _BARE_RUNTIME.format(features=FEATURES), str(model_path)],
-        check=True,
-        capture_output=True,
-        text=True,
-    ).stdout
-    return int(out.strip()) / 1024
-
-
-def import_seconds(repeats: int = 5) -> float:
-    import statistics
-    import subprocess
-    import sys
-
-    times = [
-        float(
-            subprocess.run(
-                [sys.executable, "-c", _IMPORT_TIME], check=True, capture_output=True, text=True
-            ).stdout
-        )
-        for _ in range(repeats)
-    ]
-    return statistics.median(times)
-
-
-_KILLED_DOWNLOAD = """
-import sys, time, json, requests
-from pathlib import Path
-from edgeloop.agent.fetch import fetch
-from edgeloop.agent.protocol import FileRef
-ref = FileRef.model_validate_json(sys.argv[1])
-def progress(have):
-    print(have, flush=True)
-    time.sleep(0.002)  # a slow link, so the kill can land mid-transfer
-fetch(ref, Path(sys.argv[2]), requests.Session(), progress)
-"""
-
-
-@dataclass
-class FootprintResult:
-    idle_rss_mb: float
-    bare_rss_mb: float
-    import_s: float
-    download_s: float
-    curl_s: float
-    resume_resent_bytes: int
-    resumed_with_range: bool
-    endpoint_ms: float
-    direct_ms: float
-    model_bytes: int
-    download_bytes: int
-
-
-def footprint(workdir: Path, *, download_mb: int = 64, padding_floats: int = 1_500_000):
-    """Idle RSS vs the bare runtime, import time, download vs curl, resume, endpoint cost."""
-    import hashlib
-    import os
-    import signal
-    import statistics
-    import subprocess
-    import sys
-
-    from edgeloop.agent.client import InferenceClient
-    from edgeloop.agent.fetch import fetch
-
-    device_id = "footprint-01"
-    device_dir = workdir / "devices" / device_id
-    with control_plane(workdir) as (server, device_port):
-        agent: AgentProcess | None = None
-        planner: DesiredPublisher | None = None
-        try:
-            weights = np.random.default_rng(0).normal(size=(FEATURES, CLASSES)).astype(np.float32)
-            manifest = upload_version(server.url, "a", weights, padding_floats)
-            planner = DesiredPublisher(device_port, device_id)
-            agent = AgentProcess(device_id, PROFILE, workdir, device_port, telemetry_interval_s=10)
-            planner.publish(1, manifest)
-            if wait_settled(device_dir, 1, 60) != "committed":
-                raise RuntimeError(f"agent did not commit the model:\n{agent.log_tail()}")
-            time.sleep(3)
-            idle = rss_mb(agent.pid)
-            model_path = device_dir / "current" / "model.onnx"
-            bare = bare_runtime_rss_mb(model_path)
-
-            # endpoint vs a direct onnxruntime call on the same model and input
-            url = (device_dir / "endpoint.url").read_text().strip()
-            client = InferenceClient(url)
-            options = ort.SessionOptions()
-            options.intra_op_num_threads = PROFILE.cpu_threads
-            session = ort.InferenceSession(
-                str(model_path), sess_options=options, providers=["CPUExecutionProvider"]
-            )
-            x = {"x": np.ones((1, FEATURES), np.float32)}
-            for _ in range(20):
-                client.infer(x)
-                session.run(None, x)
-            via, direct = [], []
-            for _ in range(300):
-                start = time.perf_counter()
-                client.infer(x)
-                via.append(time.perf_counter() - start)
-                start = time.perf_counter()
-                session.run(None, x)
-                direct.append(time.perf_counter() - start)
-            client.close()
-
-            # download throughput: the agent's fetch vs curl, same file, interleaved
-            blob = os.urandom(download_mb * 2**20)
-            digest = hashlib.sha256(blob).hexdigest()
-            requests.put(
-                f"{server.url}/api/v1/artifacts/{digest}", data=blob, timeout=120
-            ).raise_for_status()
-            ref = FileRef(url=f"{server.url}/artifacts/{digest}", sha256=digest, size=len(blob))
-            del blob
-            ours, theirs = [], []
-            scratch = workdir / "download"
-            for _ in range(3):
-                for path in scratch.glob("*"):
-                    path.unlink()
-                start = time.perf_counter()
-                fetch(ref, scratch, requests.Session())
-                ours.append(time.perf_counter() - start)
-                start = time.perf_counter()
-                subprocess.run(
-                    ["curl", "-sS", "-o", str(scratch / "curl.bin"), ref.url], check=True
-                )
-                theirs.append(time.perf_counter() - start)
-
-            # resume: kill a downloading process at ~50%, then resume in-process
-            for path in scratch.glob("*"):
-                path.unlink()
-            killed = subprocess.Popen(
-                [sys.executable, "-c", _KILLED_DOWNLOAD, ref.model_dump_json(), str(scratch)],
-                stdout=subprocess.PIPE,
-                text=True,
-            )
-            assert killed.stdout is not None
-            received = 0
-            for line in killed.stdout:
-                received = int(line)
-                if received >= ref.size // 2:
-                    killed.send_signal(signal.SIGKILL)
-                    break
-            killed.wait()
-            for line in killed.stdout:  # lines already in the pipe when it died
-                received = max(received, int(line))
-            on_disk = (scratch / f"{digest}.part").stat().st_size
-            ranges: list[int] = []
-            http = requests.Session()
-            http.hooks["response"].append(lambda r, *a, **k: ranges.append(r.status_code))
-            fetch(ref, scratch, http)
-        finally:
-            if agent is not None:
-                agent.stop()
-            if planner is not None:
-                planner.close()
-    return FootprintResult(
-        idle_rss_mb=idle,
-        bare_rss_mb=bare,
-        import_s=import_seconds(),
-        download_s=statistics.median(ours),
-        curl_s=statistics.median(theirs),
-        resume_resent_bytes=max(0, received - on_disk),
-        resumed_with_range=ranges == [206],
-        endpoint_ms=statistics.median(via) * 1e3,
-        direct_ms=statistics.median(direct) * 1e3,
-        model_bytes=manifest.artifact.size,
-        download_bytes=ref.size,
-    )

@@ -18,9 +18,8 @@ from typing import Any
 import requests
 
 from edgeloop.agent.protocol import DeviceProfile
-
-from .broker import free_port
-from .emulation import Confinement, DeviceClass
+from edgeloop.lab.broker import free_port
+from edgeloop.lab.emulation import Confinement, DeviceClass
 
 
 class ManagedProcess:
@@ -101,7 +100,7 @@ class ServerProcess(ManagedProcess):
         argv = [
             sys.executable,
             "-m",
-            "edgeloop.server.cli",
+            "edgeloop.cli.main",
             "serve",
             "--workdir",
             str(workdir),

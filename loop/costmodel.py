@@ -37,8 +37,8 @@ from edgeloop.agent.sensors import ESTIMATED_WATTS_PER_BUSY_CORE
 if TYPE_CHECKING:
     import onnx
 
+    from edgeloop.agent.golden import Golden
     from edgeloop.agent.protocol import DeviceProfile, Report
-    from edgeloop.agent.validate import Golden
     from edgeloop.compressor.search import Trial
 
 __all__ = [
@@ -350,8 +350,8 @@ def measure_host(
     (:func:`edgeloop.compressor.evaluate.peak_memory_mb`), as the search measures it. When the
     search already timed a trial, use :meth:`HostMeasurement.from_trial` instead.
     """
+    from edgeloop.agent.golden import Golden
     from edgeloop.agent.runtime import measure, open_session
-    from edgeloop.agent.validate import Golden
     from edgeloop.compressor.evaluate import peak_memory_mb
 
     golden = inputs if isinstance(inputs, Golden) else Golden(dict(inputs), np.empty(0))

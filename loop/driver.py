@@ -5,7 +5,7 @@ One round, per device class (a profile name):
 1. read what the class's devices reported for the model they were last sent (p95 latency,
    peak RSS, energy; also for a model a budget gate refused);
 2. calibrate the class's cost model with every (host measurement, device measurement) pair
-   seen so far (:class:`~edgeloop.compressor.costmodel.CostModel`);
+   seen so far (:class:`~edgeloop.loop.costmodel.CostModel`);
 3. re-run the search — its trials are cached by content, so this re-ranks rather than
    re-measures — and predict each candidate's figures on the class;
 4. decide (:func:`decide`, pure): keep the model, deploy another (it missed its budget, or a
@@ -26,374 +26,18 @@ import logging
 import statistics
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 from edgeloop.agent.protocol import DeviceProfile
-
-from .client import ApiClient, ApiError
-from .rollouts import RolloutState
+from edgeloop.loop.candidates import Candidate, CandidatePool
+from edgeloop.loop.decide import Action, ClassState, Decision, Measured, decide
+from edgeloop.server.client import ApiClient, ApiError
+from edgeloop.server.rollouts import RolloutState
 
 if TYPE_CHECKING:
-    from edgeloop.compressor.costmodel import (
-        CostModel,
-        HostMeasurement,
-        ModelFeatures,
-        Observation,
-        Prediction,
-    )
-    from edgeloop.compressor.recipe import Recipe
-    from edgeloop.compressor.task import Task
-
-log = logging.getLogger("edgeloop.server.loop")
-
-Action = Literal["deploy", "keep", "wait", "unreachable", "stop"]
-
-ACCURACY_EPSILON = 1e-9
-"""Two candidates whose accuracy differs by less are equally accurate (ties go to the faster)."""
-
-
-# --------------------------------------------------------------------------- candidates
-
-
-@dataclass(frozen=True)
-class Candidate:
-    """One compressed model the search built, with what the host measured at each thread
-    count the classes use."""
-
-    key: str
-    label: str
-    accuracy: float
-    size_bytes: int
-    model_path: Path
-    golden_path: Path
-    features: ModelFeatures
-    host: dict[int, HostMeasurement]
-    baseline: bool = False
-    quantized: bool = False
-
-    @property
-    def version(self) -> str:
-        return self.key[:12]
-
-
-class CandidatePool:
-    """The search's candidates for a task and recipe, measured on this host per thread count.
-
-    ``search(threads)`` runs :class:`~edgeloop.compressor.search.Search` for a host profile
-    at that thread count; stages and trials are cached on disk by content, so a second call
-    (the next round) re-reads rather than re-measures.
-    """
-
-    def __init__(
-        self,
-        task: Task,
-        recipe: Recipe,
-        workdir: Path,
-        *,
-        progress: bool = False,
-        host_runs: int = 200,
-    ) -> None:
-        self.task, self.recipe, self.workdir, self.progress = task, recipe, workdir, progress
-        self.host_runs = host_runs
-        self._features: dict[Path, ModelFeatures] = {}
-        """Static features per model file: computed once, every round re-reads the search."""
-
-    def search(self, thread_counts: Sequence[int]) -> list[Candidate]:
-        from edgeloop.compressor.compress import _write_golden
-        from edgeloop.compressor.search import Search
-
-        by_key: dict[str, dict[str, Any]] = {}
-        """pipeline -> the trial and the host profiles (one per thread count) it was built for"""
-        for threads in sorted(set(thread_counts)):
-            host_profile = DeviceProfile(
-                name=f"host-{threads}t",
-                cpu_threads=threads,
-                memory_budget_mb=1e6,
-                latency_budget_ms=1e6,
-            )
-            result = Search(self.task, self.recipe, host_profile, self.workdir / "search").run(
-                progress=self.progress
-            )
-            for trial in [result.baseline, *result.trials]:
-                if not trial.ok or trial.model_path is None:
-                    continue
-                identity = json.dumps(trial.pipeline, sort_keys=True)
-                entry = by_key.setdefault(
-                    identity,
-                    {"trial": trial, "profiles": [], "baseline": trial is result.baseline},
-                )
-                entry["profiles"].append(host_profile)
-        candidates = []
-        for entry in by_key.values():
-            trial = entry["trial"]
-            model_path = Path(trial.model_path)
-            golden_path = model_path.with_name("golden.npz")
-            if not golden_path.exists():
-                _write_golden(self.task, model_path, golden_path)
-            host = {
-                profile.cpu_threads: self._host(model_path, golden_path, profile)
-                for profile in entry["profiles"]
-            }
-            candidates.append(
-                Candidate(
-                    key=trial.key,
-                    label=variant_name(trial.pipeline),
-                    accuracy=float(trial.metric),
-                    size_bytes=int(trial.size_bytes or model_path.stat().st_size),
-                    model_path=model_path,
-                    golden_path=golden_path,
-                    features=self._feature(model_path),
-                    host=host,
-                    baseline=entry["baseline"],
-                    quantized=any(s["pass"].startswith("quantize") for s in trial.pipeline),
-                )
-            )
-        return sorted(candidates, key=lambda c: (-c.accuracy, c.size_bytes))
-
-    def _feature(self, model_path: Path) -> ModelFeatures:
-        from edgeloop.compressor.costmodel import features
-
-        if model_path not in self._features:
-            self._features[model_path] = features(model_path)
-        return self._features[model_path]
-
-    def _host(self, model_path: Path, golden_path: Path, profile: DeviceProfile) -> HostMeasurement:
-        """The candidate timed back to back on this host, as a device times it.
-
-        Not the search's paired figures: the search interleaves each trial with the fp32
-        baseline for a fair speed-up, and the baseline's weights evict the candidate's from
-        the caches, which inflated a small model's p95 up to 3x over a device's measurement.
-        Cached next to the model file.
-        """
-        from edgeloop.agent.validate import load_golden
-        from edgeloop.compressor.costmodel import HostMeasurement, measure_host
-
-        cache = model_path.with_name(f"host-{profile.cpu_threads}t-{self.host_runs}.json")
-        if cache.exists():
-            return HostMeasurement.from_json(json.loads(cache.read_text()))
-        golden = load_golden(golden_path, list(self.task.latency_feed()))
-        measured = measure_host(model_path, golden, profile, runs=self.host_runs)
-        cache.write_text(json.dumps(measured.to_json()))
-        return measured
-
-
-def variant_name(pipeline: list[dict[str, Any]]) -> str:
-    """A reader's name for a pipeline: ``fp32``, ``int8``, ``pruned 25% ffn + int8``, ...
-    (the search's label spells out every parameter)."""
-    parts = []
-    for step in pipeline:
-        name, params = step["pass"], step.get("params", {})
-        if name.startswith("prune_structured"):
-            scope = params.get("scope", "all")
-            parts.append(
-                f"pruned {params.get('ratio', 0):.0%}" + (f" {scope}" if scope != "all" else "")
-            )
-        elif name == "prune_unstructured":
-            parts.append(f"sparse {params.get('amount', params.get('ratio', 0)):.0%}")
-        elif name.startswith("quantize_int4"):
-            parts.append("int4")
-        elif name.startswith("quantize"):
-            parts.append("int8")
-        elif name == "fp16":
-            parts.append("fp16")
-        elif name == "lowrank":
-            parts.append("low-rank")
-        elif name == "distill":
-            parts.append(f"distilled x{params.get('width', '')}")
-    return " + ".join(parts) or "fp32"
-
-
-# --------------------------------------------------------------------------- decisions
-
-
-@dataclass(frozen=True)
-class Measured:
-    """What a class's devices reported for one model (median p95 over its devices)."""
-
-    model: str
-    ok: bool
-    p95_ms: float | None
-    peak_rss_mb: float | None
-    energy_mj: float | None
-    devices: int
-    gate: str | None = None
-    error: str | None = None
-    p50_ms: float | None = None
-
-
-@dataclass(frozen=True)
-class Decision:
-    profile: str
-    action: Action
-    candidate: Candidate | None
-    reason: str
-    figures: dict[str, Any] = field(default_factory=dict)
-
-
-@dataclass
-class ClassState:
-    """The loop's memory of one device class."""
-
-    profile: DeviceProfile
-    current: Candidate | None = None
-    observations: list[Observation] = field(default_factory=list)
-    refused: dict[str, str] = field(default_factory=dict)
-    """Candidate key -> why the class's devices refused or missed it (never retried)."""
-    last: Decision | None = None
-    deployed_round: int = 0
-    measured: dict[str, Measured] = field(default_factory=dict)
-    """What the class's devices reported, per candidate key (each one is also among
-    ``observations`` when it carries a latency)."""
-
-
-def within_budget(profile: DeviceProfile, measured: Measured) -> bool:
-    return (
-        measured.ok
-        and measured.p95_ms is not None
-        and measured.p95_ms <= profile.latency_budget_ms
-        and (measured.peak_rss_mb is None or measured.peak_rss_mb <= profile.memory_budget_mb)
-    )
-
-
-def _fits(
-    profile: DeviceProfile, candidate: Candidate, prediction: Prediction, margin: float
-) -> list[str]:
-    """Why ``candidate`` is predicted not to fit ``profile`` (empty: it fits)."""
-    misses = []
-    if prediction.latency_p95_ms > profile.latency_budget_ms * margin:
-        misses.append(
-            f"predicted p95 {prediction.latency_p95_ms:.2f} ms > "
-            f"{profile.latency_budget_ms * margin:.2f} ms"
-        )
-    if prediction.peak_rss_mb > profile.memory_budget_mb:
-        misses.append(
-            f"predicted peak {prediction.peak_rss_mb:.0f} MB > {profile.memory_budget_mb:g} MB"
-        )
-    if (
-        profile.model_size_budget_kb is not None
-        and candidate.size_bytes / 1024 > profile.model_size_budget_kb
-    ):
-        misses.append(
-            f"size {candidate.size_bytes / 1024:.0f} KB > {profile.model_size_budget_kb:g} KB"
-        )
-    return misses
-
-
-def decide(
-    state: ClassState,
-    candidates: Sequence[Candidate],
-    predictions: dict[str, Prediction],
-    measured: Measured | None,
-    *,
-    margin: float = 1.0,
-) -> Decision:
-    """The next step for one class, from its measured figures and the calibrated predictions.
-
-    - The current model is within budget: deploy a more accurate candidate only if one is
-      predicted to fit (headroom), else keep.
-    - It missed (a gate refused it, or its figures exceed the budget): it is never retried;
-      deploy the most accurate candidate predicted to fit, else stop as unreachable, naming
-      the closest candidate and why it does not fit.
-    - No report for it yet (devices offline or still updating): wait.
-
-    ``margin`` < 1 asks predictions to fit with room to spare (a noisy host or device).
-    Ties in accuracy go to the lower predicted latency.
-    """
-    profile = state.profile
-    figures: dict[str, Any] = {
-        "budget": {
-            "latency_p95_ms": profile.latency_budget_ms,
-            "memory_mb": profile.memory_budget_mb,
-            "size_kb": profile.model_size_budget_kb,
-        },
-        "measured": measured.__dict__ if measured else None,
-        "predicted": {
-            c.label: {
-                "accuracy": c.accuracy,
-                "latency_p95_ms": round(predictions[c.key].latency_p95_ms, 4),
-                "peak_rss_mb": round(predictions[c.key].peak_rss_mb, 1),
-                "energy_mj": round(predictions[c.key].energy_mj, 4),
-            }
-            for c in candidates
-        },
-    }
-    misses = {c.key: _fits(profile, c, predictions[c.key], margin) for c in candidates}
-    open_ = [c for c in candidates if c.key not in state.refused]
-    fitting = sorted(
-        (c for c in open_ if not misses[c.key]),
-        key=lambda c: (-c.accuracy, predictions[c.key].latency_p95_ms),
-    )
-    current = state.current
-
-    def describe(c: Candidate) -> str:
-        p = predictions[c.key]
-        return f"{c.label} (accuracy {c.accuracy:.4f}, predicted p95 {p.latency_p95_ms:.2f} ms)"
-
-    if current is not None and measured is not None and within_budget(profile, measured):
-        better = [c for c in fitting if c.accuracy > current.accuracy + ACCURACY_EPSILON]
-        head = (
-            f"within budget: p95 {measured.p95_ms:.2f} of {profile.latency_budget_ms:g} ms, "
-            f"peak {measured.peak_rss_mb or 0:.0f} of {profile.memory_budget_mb:g} MB"
-        )
-        if better:
-            return Decision(
-                profile.name,
-                "deploy",
-                better[0],
-                f"{head}; headroom: {describe(better[0])} is more accurate and predicted to fit",
-                figures,
-            )
-        return Decision(
-            profile.name,
-            "keep",
-            current,
-            f"{head}; no more accurate candidate is predicted to fit",
-            figures,
-        )
-
-    if current is not None and measured is None:
-        return Decision(
-            profile.name,
-            "wait",
-            current,
-            f"no report yet for {current.label} from the class's devices (offline, or still "
-            "updating); nothing is decided without a measurement",
-            figures,
-        )
-    if current is not None and measured is not None:
-        if not measured.ok and measured.gate:
-            why = f"refused by the device gate `{measured.gate}`: {measured.error or ''}".strip()
-        else:
-            why = (
-                f"missed the budget: p95 {measured.p95_ms or 0:.2f} ms "
-                f"(budget {profile.latency_budget_ms:g}), peak {measured.peak_rss_mb or 0:.0f} MB "
-                f"(budget {profile.memory_budget_mb:g})"
-            )
-        state.refused[current.key] = why
-        head = f"{current.label} {why}"
-    else:
-        head = "no model measured on this class yet"
-    choices = [c for c in fitting if c.key not in state.refused]
-    if choices:
-        return Decision(
-            profile.name, "deploy", choices[0], f"{head}; next: {describe(choices[0])}", figures
-        )
-    remaining = [c for c in candidates if c.key not in state.refused] or list(candidates)
-    closest = min(remaining, key=lambda c: predictions[c.key].latency_p95_ms)
-    detail = "; ".join(misses[closest.key]) or state.refused.get(closest.key, "refused before")
-    return Decision(
-        profile.name,
-        "unreachable",
-        None,
-        f"{head}; no candidate is predicted to fit '{profile.name}': closest is "
-        f"{closest.label}: {detail}. Relax the budget or add smaller candidates to the recipe",
-        figures,
-    )
-
-
-# --------------------------------------------------------------------------- the loop
+    from edgeloop.loop.costmodel import CostModel, Prediction
+log = logging.getLogger("edgeloop.loop")
 
 
 @dataclass
@@ -440,7 +84,7 @@ class Loop:
         wait_s: float = 10.0,
         on_round: Callable[[RoundRecord, LoopResult], None] | None = None,
     ) -> None:
-        from edgeloop.compressor.costmodel import CostModel
+        from edgeloop.loop.costmodel import CostModel
 
         self.client, self.name, self.pool = client, name, pool
         self.classes = {p.name: ClassState(p) for p in classes}
@@ -514,7 +158,7 @@ class Loop:
         """Start from what earlier loops learned about each class (the server keeps it):
         a class's scales describe its devices, not one model family. This loop's own reports
         replace it at the first calibration."""
-        from edgeloop.compressor.costmodel import Calibration
+        from edgeloop.loop.costmodel import Calibration
 
         for row in self.client.calibrations():
             if row["profile"] not in self.classes:
@@ -536,7 +180,7 @@ class Loop:
     def _measure(self, state: ClassState) -> Measured | None:
         """The class's devices' reports for the model they were last sent; also adds the
         observation (host vs device) the calibration learns from."""
-        from edgeloop.compressor.costmodel import Observation
+        from edgeloop.loop.costmodel import Observation
 
         current = state.current
         if current is None:

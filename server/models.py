@@ -169,7 +169,7 @@ class LoopDecision(Base):
 
 class Calibration(Base):
     """The server's picture of a device class: the cost model's calibration fitted from the
-    devices' own reports (``edgeloop.compressor.costmodel.Calibration`` as JSON)."""
+    devices' own reports (``edgeloop.loop.costmodel.Calibration`` as JSON)."""
 
     __tablename__ = "calibrations"
 

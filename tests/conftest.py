@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 from postgres import PostgresCluster, unavailable_reason
 
-from edgeloop.server.broker import Broker, EmbeddedBroker, MosquittoBroker, find_mosquitto
-from edgeloop.server.launch import ServerProcess
+from edgeloop.lab.broker import Broker, EmbeddedBroker, MosquittoBroker, find_mosquitto
+from edgeloop.lab.launch import ServerProcess
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 

@@ -14,7 +14,7 @@ import subprocess
 import uuid
 from pathlib import Path
 
-from edgeloop.server.broker import free_port
+from edgeloop.lab.broker import free_port
 
 
 def find_bin(name: str) -> str | None:

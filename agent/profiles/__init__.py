@@ -1,5 +1,7 @@
-"""Built-in device profiles, by name, for the CLI and the examples.
+"""The device profile catalogue: one TOML file per device class, in this folder.
 
+Every side reads profiles from here (the compressor's ``--profile``, the demo, the emulated
+device classes and an agent's ``profile = "pi4"``), so one class has one set of budgets.
 Budgets are for one model process on the device; the figures are typical of each class, to be
 replaced by the fleet's own measured profiles as devices report.
 """
@@ -8,53 +10,31 @@ from __future__ import annotations
 
 import json
 import tomllib
+from importlib import resources
 from pathlib import Path
 
 from edgeloop.agent.protocol import DeviceProfile
 
-PROFILES: dict[str, DeviceProfile] = {
-    p.name: p
-    for p in (
-        DeviceProfile(
-            name="pi4", cpu_threads=4, memory_budget_mb=512, latency_budget_ms=20.0, arch="aarch64"
-        ),
-        DeviceProfile(
-            name="pi-zero-2",
-            cpu_threads=1,
-            memory_budget_mb=256,
-            latency_budget_ms=2.0,
-            model_size_budget_kb=128,
-            arch="aarch64",
-        ),
-        DeviceProfile(
-            name="jetson-nano",
-            cpu_threads=2,
-            memory_budget_mb=1024,
-            latency_budget_ms=10.0,
-            arch="aarch64",
-            execution_providers=[
-                "TensorrtExecutionProvider",
-                "CUDAExecutionProvider",
-                "CPUExecutionProvider",
-            ],
-        ),
-        DeviceProfile(
-            name="sensor-hub",
-            cpu_threads=1,
-            memory_budget_mb=128,
-            latency_budget_ms=0.5,
-            model_size_budget_kb=32,
-            arch="armv7l",
-        ),
-        DeviceProfile(
-            name="host-1t", cpu_threads=1, memory_budget_mb=2048, latency_budget_ms=1000.0
-        ),
-    )
-}
+__all__ = ["PROFILES", "load_profile"]
+
+
+def _catalogue() -> dict[str, DeviceProfile]:
+    profiles = {}
+    for entry in sorted(resources.files(__name__).iterdir(), key=lambda e: e.name):
+        if entry.name.endswith(".toml"):
+            profile = DeviceProfile.model_validate(tomllib.loads(entry.read_text()))
+            if f"{profile.name}.toml" != entry.name:
+                raise ValueError(f"profile file {entry.name} names {profile.name!r}")
+            profiles[profile.name] = profile
+    return profiles
+
+
+PROFILES: dict[str, DeviceProfile] = _catalogue()
 
 
 def load_profile(spec: str) -> DeviceProfile:
-    """A built-in profile by name, or a JSON/TOML file holding one.
+    """A catalogued profile by name, or a JSON/TOML file holding one (at the top level or
+    under ``[profile]``).
 
     Raises:
         ValueError: neither a known name nor a readable profile file; lists the names.
@@ -64,9 +44,8 @@ def load_profile(spec: str) -> DeviceProfile:
     path = Path(spec)
     if not path.exists():
         raise ValueError(
-            f"profile {spec!r} is neither a file nor a built-in ({', '.join(PROFILES)})"
+            f"profile {spec!r} is neither a file nor a catalogued profile ({', '.join(PROFILES)})"
         )
-    data = (
-        tomllib.loads(path.read_text()) if path.suffix == ".toml" else json.loads(path.read_text())
-    )
+    text = path.read_text()
+    data = tomllib.loads(text) if path.suffix == ".toml" else json.loads(text)
     return DeviceProfile.model_validate(data.get("profile", data))

@@ -17,8 +17,8 @@ from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
 from torch import nn
 
+from edgeloop.agent.runtime import io_specs
 from edgeloop.compressor import evaluate
-from edgeloop.compressor.export import tensor_specs
 from edgeloop.compressor.report import BuiltModel, ModelReport
 from edgeloop.compressor.task import ExportSpec, Task
 
@@ -183,7 +183,7 @@ def build_digits(
                 ),
             )
             (model_path.parent / "report.json").write_text(report.model_dump_json(indent=2) + "\n")
-            inputs, outputs = tensor_specs(model_path)
+            inputs, outputs = io_specs(evaluate.session(model_path))
             built.append(
                 BuiltModel(
                     name=NAME,

@@ -40,7 +40,7 @@ from torch import nn
 
 from edgeloop.compressor import evaluate
 from edgeloop.compressor.export import BATCH_DIM, export_model
-from edgeloop.compressor.passes.base import OnnxModel, PassContext, get_pass
+from edgeloop.compressor.passes import OnnxModel, PassContext, get_pass
 from edgeloop.compressor.task import ExportSpec, Task
 from edgeloop.compressor.training import distill
 

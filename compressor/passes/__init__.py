@@ -14,7 +14,6 @@ from edgeloop.compressor.passes.base import (
     PassContext,
     RecipeError,
     TorchModel,
-    get_pass,
     searchable,
 )
 
@@ -37,3 +36,16 @@ for _module in _MODULES:
     except ModuleNotFoundError as exc:
         if exc.name != f"edgeloop.compressor.passes.{_module}":
             raise
+
+
+def get_pass(name: str) -> type[Pass]:
+    """The registered pass called ``name`` (importing this package registered the built-ins).
+
+    Raises:
+        RecipeError: no such pass; the message lists the known ones.
+    """
+    try:
+        return Pass.registry[name]
+    except KeyError:
+        known = ", ".join(sorted(Pass.registry))
+        raise RecipeError(f"unknown pass {name!r}; known passes: {known}") from None

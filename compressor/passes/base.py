@@ -142,20 +142,5 @@ class Pass(ABC):
         """Return a new handle; never mutate ``model`` (earlier stages are cached)."""
 
 
-def get_pass(name: str) -> type[Pass]:
-    """The registered pass called ``name``.
-
-    Raises:
-        RecipeError: no such pass; the message lists the known ones.
-    """
-    from edgeloop.compressor import passes  # noqa: F401  (registers the built-in passes)
-
-    try:
-        return Pass.registry[name]
-    except KeyError:
-        known = ", ".join(sorted(Pass.registry))
-        raise RecipeError(f"unknown pass {name!r}; known passes: {known}") from None
-
-
 def config_key(name: str, config: PassConfig) -> str:
     return json.dumps({"pass": name, "params": config.model_dump(mode="json")}, sort_keys=True)

@@ -9,13 +9,18 @@ from __future__ import annotations
 
 import copy
 import logging
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from edgeloop.compressor import evaluate
+from rich.console import Console
+from rich.table import Table
 
-log = logging.getLogger("edgeloop.compressor.benchmark")
+from edgeloop.compressor import evaluate
+from edgeloop.lab.bench import Figure
+
+log = logging.getLogger("edgeloop.lab.bench.compress")
 
 
 @dataclass
@@ -53,10 +58,10 @@ def plain_quantize_dynamic(source: Path, work: Path, task: Any) -> Path:
 
 
 def image_case(work: Path, progress: bool = True) -> tuple[dict[str, float], list[CaseRow]]:
+    from edgeloop.agent.profiles import PROFILES
     from edgeloop.compressor.compress import compress
     from edgeloop.compressor.examples import example_recipe
     from edgeloop.compressor.examples.digits import DigitsTask
-    from edgeloop.compressor.profiles import PROFILES
     from edgeloop.compressor.recipe import load_recipe
 
     task = DigitsTask()
@@ -188,7 +193,7 @@ def structured_speedup(fp32: Path, work: Path) -> float:
     """Latency of the dense MiniLM ÷ the same with half of every FFN's neurons removed
     (``prune_structured`` with ``scope: ffn``, no fine-tuning: speed only), 1 thread."""
     from edgeloop.compressor.examples.minilm import MiniLMTask
-    from edgeloop.compressor.passes.base import PassContext, TorchModel, get_pass
+    from edgeloop.compressor.passes import PassContext, TorchModel, get_pass
 
     task = MiniLMTask()
     work.mkdir(parents=True, exist_ok=True)
@@ -245,3 +250,29 @@ def run_cases(
         figures |= case_figures
         rows += case_rows
     return figures, rows
+
+
+def run(args: Any) -> list[Figure]:
+    cases = args.cases.split(",") if getattr(args, "cases", None) else ["image", "nlp", "control"]
+    figures, rows = run_cases(args.workdir / "bench-compress", cases)
+    table = Table(title="compression cases (latency p50, batch 1)")
+    for column in ("case", "model", "size KB", "metric", "value", "1 thread ms", "2 threads ms"):
+        table.add_column(
+            column, justify="left" if column in ("case", "model", "metric") else "right"
+        )
+    for row in rows:
+        table.add_row(
+            row.case,
+            row.model,
+            f"{row.size_bytes / 1024:.1f}",
+            row.metric_name,
+            f"{row.metric:.4f}",
+            f"{row.latency_1t_ms:.3f}",
+            f"{row.latency_2t_ms:.3f}",
+        )
+    Console(width=None if sys.stdout.isatty() else 200).print(table)
+    args.extra = {"cases": [row.to_json() for row in rows]}
+    missing = [name for name in GOALS if name.split(".")[0] in cases and name not in figures]
+    return [
+        Figure(name, round(value, 5), *GOALS.get(name, ("", ""))) for name, value in figures.items()
+    ] + [Figure(name, None, GOALS[name][0], GOALS[name][1], met=False) for name in missing]

@@ -1,7 +1,7 @@
 """The closed loop on emulated device classes: ``edgeloop bench loop`` and the demo's rounds.
 
 Scenario, on real parts: Mosquitto, the control plane and one agent process per device class,
-each agent confined to its class (:mod:`edgeloop.server.emulation`: pinned cores, capped
+each agent confined to its class (:mod:`edgeloop.lab.emulation`: pinned cores, capped
 threads, CPU quota, memory cap). The compressor's candidates are built on this host.
 
 Ground truth comes first: every candidate is measured on every emulated class in a fresh
@@ -28,12 +28,12 @@ from rich.console import Console
 from rich.table import Table
 
 from edgeloop.agent.protocol import DeviceProfile
-
-from .broker import start_broker
-from .client import ApiClient
-from .emulation import CLASSES, DeviceClass, measure_on_class
-from .launch import AgentProcess, ServerProcess, wait_for_devices
-from .loop import Candidate, CandidatePool, Loop, LoopResult, RoundRecord
+from edgeloop.lab.bench import Figure
+from edgeloop.lab.broker import start_broker
+from edgeloop.lab.emulation import CLASSES, DeviceClass, measure_on_class
+from edgeloop.lab.launch import AgentProcess, ServerProcess, wait_for_devices
+from edgeloop.loop import Candidate, CandidatePool, Loop, LoopResult, RoundRecord
+from edgeloop.server.client import ApiClient
 
 LOOP_CLASSES: dict[str, DeviceClass] = {
     "jetson-like": DeviceClass(name="jetson-like", threads=2),
@@ -197,7 +197,7 @@ def _truly_fitting(
 def mape_against_truth(loop: Loop, calibration: dict[str, dict[str, Any]], truth: Truth) -> float:
     """Median absolute percentage error of the loop's latency predictions (with the given
     calibrations; uncalibrated where empty) over every candidate on every class."""
-    from edgeloop.compressor.costmodel import Calibration, CostModel, mape
+    from edgeloop.loop.costmodel import Calibration, CostModel, mape
 
     model = CostModel(Calibration.from_json(c) for c in calibration.values() if c)
     predicted, actual = [], []
@@ -308,7 +308,7 @@ def run_loop_bench(
         }
     # The floor under any prediction error: the same model on the same class, measured once
     # by the device's agent and once by the exhaustive evaluation.
-    from edgeloop.compressor.costmodel import mape
+    from edgeloop.loop.costmodel import mape
 
     pairs = [
         (m.p95_ms, truth.p95[name][key])
@@ -400,3 +400,37 @@ def summary_table(bench: LoopBench) -> Table:
             "[green]yes[/]" if o["optimal"] else "[red]no[/]",
         )
     return table
+
+
+def run(args: Any) -> list[Figure]:
+    """The closed loop on emulated device classes."""
+    runs = getattr(args, "runs", None) or 100
+    bench = run_loop_bench(args.workdir / "bench-loop", broker=args.broker, runs=runs)
+    args.extra = {
+        "profiles": {n: p.model_dump(mode="json") for n, p in bench.profiles.items()},
+        "optimal": bench.optimal,
+        "mape_by_round": bench.mape_by_round,
+        "truth_p95_ms": {
+            name: {c.label: p95[c.key] for c in bench.candidates}
+            for name, p95 in bench.truth.p95.items()
+        },
+        "mechanism": bench.truth.mechanism,
+        "history": [{k: v for k, v in entry.items() if k != "figures"} for entry in bench.history],
+        "wall_s": round(bench.wall_s, 1),
+    }
+    f = bench.figures
+    classes = int(f["loop.classes"] or 0)
+
+    def rounded(name: str) -> float | None:
+        value = f[name]
+        return None if value is None else round(value, 4)
+
+    return [
+        Figure("loop.rounds_to_converge", f["loop.rounds_to_converge"], "rounds", "<= 2"),
+        Figure("loop.latency_mape_before", rounded("loop.latency_mape_before"), "fraction", ""),
+        Figure("loop.latency_mape_after", rounded("loop.latency_mape_after"), "fraction", "<= 0.1"),
+        Figure("loop.latency_mape_final", rounded("loop.latency_mape_final"), "fraction", ""),
+        Figure("loop.device_vs_truth_mape", rounded("loop.device_vs_truth_mape"), "fraction", ""),
+        Figure("loop.optimal_classes", f["loop.optimal_classes"], "classes", f">= {classes}"),
+        Figure("loop.classes", classes, "classes", ">= 3"),
+    ]

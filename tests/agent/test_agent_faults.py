@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 from helpers import run_command
 
-from edgeloop.server.agentbench import (
+from edgeloop.lab.broker import Broker, find_mosquitto
+from edgeloop.lab.faults import (
     PROFILE,
     DesiredPublisher,
     kill9_campaign,
@@ -22,8 +23,7 @@ from edgeloop.server.agentbench import (
     upload_version,
     wait_settled,
 )
-from edgeloop.server.broker import Broker, find_mosquitto
-from edgeloop.server.launch import AgentProcess, ServerProcess
+from edgeloop.lab.launch import AgentProcess, ServerProcess
 
 pytestmark = [
     pytest.mark.slow,
@@ -62,7 +62,7 @@ def test_status_and_rollback_commands_work_with_and_without_a_running_agent(
 ) -> None:
     import numpy as np
 
-    from edgeloop.server.broker import MosquittoBroker
+    from edgeloop.lab.broker import MosquittoBroker
 
     device_dir = tmp_path / "devices" / "cli-01"
     with MosquittoBroker(tmp_path / "server-broker") as server_broker:
@@ -125,7 +125,7 @@ def test_a_crash_right_after_each_state_is_persisted_resumes_to_a_consistent_end
     import numpy as np
 
     from edgeloop.agent.updater import KILL_AT_ENV
-    from edgeloop.server.agentbench import (
+    from edgeloop.lab.faults import (
         _check_serving,
         check_device,
         check_state_file,

@@ -34,8 +34,8 @@ from edgeloop.agent.states import (
     StateStore,
 )
 from edgeloop.agent.updater import Hooks, Updater
-from edgeloop.server.broker import Broker
-from edgeloop.server.launch import ServerProcess
+from edgeloop.lab.broker import Broker
+from edgeloop.lab.launch import ServerProcess
 
 DEVICE = "unit-01"
 

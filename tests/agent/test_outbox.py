@@ -22,7 +22,7 @@ import paho.mqtt.client as mqtt
 import pytest
 
 from edgeloop.agent.outbox import Outbox, OutboxPublisher
-from edgeloop.server.broker import Broker, MosquittoBroker, find_mosquitto
+from edgeloop.lab.broker import Broker, MosquittoBroker, find_mosquitto
 
 OUTAGE_S = 5.0
 """How long the broker is down in the outage test."""

@@ -1,18 +1,32 @@
-"""The wire contract: every message round-trips; anything else is refused with a reason."""
+"""The wire contract: every message round-trips; anything else is refused with a reason.
+
+``data/protocol-v1/`` holds a frozen copy of protocol version 1 as it was before receivers
+learned to ignore unknown fields: one message of each kind, written once by ``encode()`` with a
+fixed ``sent_at``, and ``schema.json``, the JSON Schema those receivers enforce
+(``TypeAdapter(Message).json_schema()``). Never regenerate them from the current code: they are
+what the deployed fleet speaks.
+"""
 
 from __future__ import annotations
 
 import json
+import logging
+import re
+from pathlib import Path
 
 import pytest
+from jsonschema import Draft202012Validator
+from pydantic import ValidationError
 
 from edgeloop.agent.protocol import (
     PROTOCOL_VERSION,
+    SUPPORTED_VERSIONS,
     Channel,
     Desired,
     DeviceProfile,
     Energy,
     FileRef,
+    Gate,
     Hello,
     LatencyStats,
     ModelManifest,
@@ -27,6 +41,7 @@ from edgeloop.agent.protocol import (
     parse_topic,
     subscription,
     topic,
+    unknown_fields,
 )
 
 SHA = "a" * 64
@@ -123,7 +138,7 @@ def _payload(channel: Channel, **changes: object) -> bytes:
         (_payload(Channel.HELLO, type="reboot"), "invalid 'reboot' message"),
         (_payload(Channel.REPORT, artifact_sha256="not-a-hash"), "artifact_sha256"),
         (_payload(Channel.STATUS, phase="exploding"), "phase"),
-        (_payload(Channel.STATUS, surprise=1), "surprise: Extra inputs are not permitted"),
+        (_payload(Channel.REPORT, gate="vibes"), "gate"),
         (_payload(Channel.TELEMETRY, rss_mb=-1), "rss_mb"),
         (_payload(Channel.HELLO, device_id="../etc"), "device_id"),
     ],
@@ -146,10 +161,143 @@ def test_a_device_cannot_speak_for_another_device() -> None:
 
 
 def test_every_example_in_the_protocol_document_is_accepted() -> None:
-    import re
-    from pathlib import Path
-
-    text = (Path(__file__).resolve().parents[1] / "docs" / "protocol.md").read_text()
+    text = (Path(__file__).resolve().parents[2] / "docs" / "protocol.md").read_text()
     examples = re.findall(r"```json\n(.*?)\n```", text, re.S)
     types = {decode(block).type for block in examples}
     assert types == {channel.value for channel in Channel}
+
+
+def test_the_protocol_document_lists_every_gate() -> None:
+    text = (Path(__file__).resolve().parents[2] / "docs" / "protocol.md").read_text()
+    section = text[text.index("## Gates") :].split("\n## ", 1)[0]
+    assert set(re.findall(r"^\| `(\w+)` \|", section, re.M)) == {gate.value for gate in Gate}
+
+
+# --------------------------------------------------------------------------- evolution
+
+FROZEN_V1 = Path(__file__).parent / "data" / "protocol-v1"
+FROZEN_MESSAGES = sorted(p for p in FROZEN_V1.glob("*.json") if p.name != "schema.json")
+FROZEN_SCHEMA = Draft202012Validator(json.loads((FROZEN_V1 / "schema.json").read_text()))
+
+
+def _frozen(name: str) -> dict:
+    return json.loads((FROZEN_V1 / f"{name}.json").read_text())
+
+
+def _fits_frozen_schema(payload: bytes) -> list[str]:
+    return [error.message for error in FROZEN_SCHEMA.iter_errors(json.loads(payload))]
+
+
+def test_the_frozen_v1_set_has_a_message_of_every_type() -> None:
+    assert {_frozen(p.stem)["type"] for p in FROZEN_MESSAGES} == {c.value for c in Channel}
+    assert _frozen("desired-model-null")["model"] is None
+    assert (_frozen("report-ok")["ok"], _frozen("report-refused")["ok"]) == (True, False)
+
+
+@pytest.mark.parametrize("path", FROZEN_MESSAGES, ids=lambda p: p.stem)
+def test_every_frozen_v1_message_still_decodes_without_losing_a_field(path: Path) -> None:
+    frozen = json.loads(path.read_text())
+    message = decode(path.read_bytes(), topic(frozen["device_id"], Channel(frozen["type"])))
+    assert json.loads(encode(message)) == frozen
+
+
+@pytest.mark.parametrize(
+    "message",
+    [
+        *EXAMPLES.values(),
+        *(decode(path.read_bytes()) for path in FROZEN_MESSAGES),
+        *(
+            Report(
+                device_id="pi-1",
+                revision=3,
+                model="digits-cnn:1-int8",
+                artifact_sha256=SHA,
+                ok=False,
+                phase=Phase.FAILED,
+                verified=True,
+                gate=gate,
+                error=f"{gate}: refused",
+            )
+            for gate in Gate
+        ),
+    ],
+    ids=lambda m: f"{m.type}-{m.gate}" if isinstance(m, Report) else m.type,
+)
+def test_what_this_side_sends_is_accepted_by_receivers_that_refuse_unknown_fields(
+    message: Hello | Status | Desired | Report | Telemetry,
+) -> None:
+    """Agents from before the lenient policy enforce the frozen schema, extra fields included.
+
+    If a new field fails this, it would break those agents: ship it only once they are gone.
+    """
+    assert _fits_frozen_schema(encode(message)) == []
+
+
+def test_the_frozen_schema_is_the_one_that_refuses_unknown_fields() -> None:
+    surprise = {**_frozen("status"), "surprise": 1}
+    assert any("surprise" in problem for problem in _fits_frozen_schema(json.dumps(surprise)))
+
+
+def test_unknown_fields_are_dropped_and_counted_at_every_level(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    newer = _frozen("desired")
+    newer["rollout_wave"] = 2
+    newer["profile"]["npu_tops"] = 4.0
+    newer["model"]["artifact"]["mirrors"] = ["http://cache/a"]
+    newer["model"]["inputs"][0]["layout"] = "NCHW"
+    before = unknown_fields.copy()
+
+    with caplog.at_level(logging.DEBUG, logger="edgeloop.agent.protocol"):
+        message = decode(json.dumps(newer), topic("pi-1", Channel.DESIRED))
+
+    assert message == decode(json.dumps(_frozen("desired")))
+    assert unknown_fields - before == {
+        "Desired.rollout_wave": 1,
+        "DeviceProfile.npu_tops": 1,
+        "FileRef.mirrors": 1,
+        "TensorSpec.layout": 1,
+    }
+    assert "Desired.rollout_wave" in caplog.text
+
+
+def test_an_unknown_field_does_not_excuse_an_invalid_known_one() -> None:
+    with pytest.raises(ProtocolError, match="rss_mb"):
+        decode(_payload(Channel.TELEMETRY, rss_mb=-1, gpu_temperature_c=50))
+
+
+def test_a_refused_message_counts_no_unknown_fields() -> None:
+    before = unknown_fields.copy()
+    with pytest.raises(ProtocolError, match="names device 'pi-1'"):
+        decode(_payload(Channel.STATUS, surprise=1), topic("pi-2", Channel.STATUS))
+    assert unknown_fields == before
+
+
+def test_models_built_in_code_or_from_local_files_still_refuse_unknown_fields() -> None:
+    """A typo in the agent's ``[profile]`` table or a profile file is an error, not ignored."""
+    with pytest.raises(ValidationError, match=r"cpu_thread\s+Extra inputs are not permitted"):
+        DeviceProfile.model_validate(
+            {
+                "name": "pi4",
+                "cpu_threads": 4,
+                "cpu_thread": 2,
+                "memory_budget_mb": 512,
+                "latency_budget_ms": 5,
+            }
+        )
+
+
+def test_a_message_of_a_newer_major_version_is_refused_naming_the_versions_spoken() -> None:
+    newer = {**_frozen("hello"), "protocol": 2, "accelerators": ["npu"]}
+    spoken = ", ".join(str(v) for v in SUPPORTED_VERSIONS)
+    with pytest.raises(
+        ProtocolError,
+        match=rf"protocol version 2 is not supported \(this side speaks {spoken}\)",
+    ):
+        decode(json.dumps(newer))
+
+
+def test_a_refused_report_names_its_gate_as_a_gate() -> None:
+    report = decode(json.dumps(_frozen("report-refused")))
+    assert isinstance(report, Report)
+    assert report.gate is Gate.GOLDEN

@@ -181,8 +181,8 @@ def test_pareto_front_drops_only_dominated_candidates() -> None:
 def test_the_chosen_model_is_registered_with_its_report_as_metadata(
     tmp_path: Path, task: DigitsTask, server
 ) -> None:
-    from edgeloop.compressor.compress import built_model, compress
     from edgeloop.server.client import ApiClient
+    from edgeloop.compressor.compress import built_model, compress
 
     result = compress(task, load_recipe(QUANT_RECIPE), ROOMY, tmp_path / "out", progress=False)
     assert (tmp_path / "out" / "pareto.png").stat().st_size > 10_000
@@ -289,7 +289,7 @@ def test_compress_cli_names_what_is_wrong(tmp_path: Path) -> None:
         "task: image\npasses: [{pass: export}, {pass: quantize_int4, params: {bits: 2}}]"
     )
     run = subprocess.run(
-        [sys.executable, "-m", "edgeloop.server.cli", "compress", "--recipe", str(recipe)],
+        [sys.executable, "-m", "edgeloop.cli.main", "compress", "--recipe", str(recipe)],
         capture_output=True,
         text=True,
         timeout=120,

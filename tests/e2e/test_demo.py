@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from edgeloop.server.bench import Figure, goal_met, write_bench
+from edgeloop.lab.bench import Figure, goal_met, write_bench
 
 
 @pytest.mark.slow
@@ -19,7 +19,7 @@ def test_demo_on_the_embedded_broker_reports_every_device(tmp_path: Path) -> Non
         [
             sys.executable,
             "-m",
-            "edgeloop.server.cli",
+            "edgeloop.cli.main",
             "demo",
             "--devices",
             "3",

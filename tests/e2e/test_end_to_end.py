@@ -12,9 +12,9 @@ import pytest
 from helpers import wait_until
 
 from edgeloop.agent.protocol import Channel, DeviceProfile, topic
-from edgeloop.server.broker import Broker
 from edgeloop.server.client import ApiClient
-from edgeloop.server.launch import AgentProcess, ServerProcess
+from edgeloop.lab.broker import Broker
+from edgeloop.lab.launch import AgentProcess, ServerProcess
 
 pytestmark = pytest.mark.slow
 

@@ -16,8 +16,8 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from edgeloop.server.broker import Broker
-from edgeloop.server.emulation import (
+from edgeloop.lab.broker import Broker
+from edgeloop.lab.emulation import (
     CLASSES,
     Confinement,
     DeviceClass,
@@ -25,7 +25,7 @@ from edgeloop.server.emulation import (
     Mechanism,
     measure_on_class,
 )
-from edgeloop.server.launch import AgentProcess
+from edgeloop.lab.launch import AgentProcess
 
 BUSY_LOOP = """
 import time

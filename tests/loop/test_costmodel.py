@@ -14,7 +14,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from edgeloop.agent.protocol import DeviceProfile, Energy, LatencyStats, Phase, Report
 from edgeloop.agent.sensors import ESTIMATED_WATTS_PER_BUSY_CORE
-from edgeloop.compressor.costmodel import (
+from edgeloop.loop.costmodel import (
     Calibration,
     CostModel,
     HostMeasurement,

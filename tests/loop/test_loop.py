@@ -12,14 +12,14 @@ import pytest
 from helpers import run_command
 
 from edgeloop.agent.protocol import DeviceProfile
-from edgeloop.compressor.costmodel import HostMeasurement, ModelFeatures, Prediction
-from edgeloop.compressor.report import golden_atol
-from edgeloop.server.broker import Broker
 from edgeloop.server.client import ApiClient
-from edgeloop.server.demo import DEMO_RECIPE
-from edgeloop.server.emulation import DeviceClass
-from edgeloop.server.launch import AgentProcess, ServerProcess, wait_for_devices
-from edgeloop.server.loop import Candidate, CandidatePool, ClassState, Loop, Measured, decide
+from edgeloop.compressor.report import golden_atol
+from edgeloop.lab.broker import Broker
+from edgeloop.lab.demo import DEMO_RECIPE
+from edgeloop.lab.emulation import DeviceClass
+from edgeloop.lab.launch import AgentProcess, ServerProcess, wait_for_devices
+from edgeloop.loop import Candidate, CandidatePool, ClassState, Loop, Measured, decide
+from edgeloop.loop.costmodel import HostMeasurement, ModelFeatures, Prediction
 
 PROFILE = DeviceProfile(name="pi", cpu_threads=1, memory_budget_mb=200, latency_budget_ms=2.0)
 
@@ -197,15 +197,15 @@ def test_the_loop_converges_on_emulated_classes_and_stops_where_nothing_fits(
     assert len(rollouts) == len(deploys)
 
     history = run_command(
-        "edgeloop.server.cli", "loop", "history", "--server", control_plane.url, "--json"
+        "edgeloop.cli.main", "loop", "history", "--server", control_plane.url, "--json"
     )
     rows = json.loads(history.stdout)
     assert [r["action"] for r in rows][-1] == "stop"
     assert {r["profile"] for r in rows} >= {"roomy", "small", "tiny"}
-    table = run_command("edgeloop.server.cli", "loop", "history", "--server", control_plane.url)
+    table = run_command("edgeloop.cli.main", "loop", "history", "--server", control_plane.url)
     assert "loop history" in table.stdout and "unreachable" in table.stdout
     calibrations = run_command(
-        "edgeloop.server.cli", "loop", "calibrations", "--server", control_plane.url, "--json"
+        "edgeloop.cli.main", "loop", "calibrations", "--server", control_plane.url, "--json"
     )
     assert {c["profile"] for c in json.loads(calibrations.stdout)} >= {"roomy"}
 
@@ -213,7 +213,7 @@ def test_the_loop_converges_on_emulated_classes_and_stops_where_nothing_fits(
 def test_a_new_loop_starts_from_the_calibration_the_server_kept(
     control_plane: ServerProcess,
 ) -> None:
-    from edgeloop.compressor.costmodel import Calibration
+    from edgeloop.loop.costmodel import Calibration
 
     client = ApiClient(control_plane.url)
     client.put_calibration("pi", Calibration("pi", threads=1, class_scale=2.5).to_json(), 1)

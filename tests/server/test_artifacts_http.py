@@ -12,7 +12,7 @@ import requests
 from edgeloop.agent.errors import ArtifactError, TransportError
 from edgeloop.agent.fetch import fetch
 from edgeloop.agent.protocol import FileRef
-from edgeloop.server.launch import ServerProcess
+from edgeloop.lab.launch import ServerProcess
 
 BLOB = os.urandom(300_000)
 SHA = hashlib.sha256(BLOB).hexdigest()

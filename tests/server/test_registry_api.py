@@ -25,8 +25,8 @@ from edgeloop.agent.protocol import (
     encode,
     topic,
 )
-from edgeloop.server.broker import Broker
-from edgeloop.server.launch import ServerProcess
+from edgeloop.lab.broker import Broker
+from edgeloop.lab.launch import ServerProcess
 
 PI = DeviceProfile(name="pi", cpu_threads=1, memory_budget_mb=200, latency_budget_ms=5)
 JETSON = DeviceProfile(name="jetson", cpu_threads=2, memory_budget_mb=800, latency_budget_ms=5)
@@ -34,7 +34,7 @@ T0 = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
 
 
 def edgeloop(*args: str) -> subprocess.CompletedProcess[str]:
-    return run_command("edgeloop.server.cli", *args)
+    return run_command("edgeloop.cli.main", *args)
 
 
 @pytest.fixture()

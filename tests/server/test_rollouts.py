@@ -19,10 +19,10 @@ import pytest
 from helpers import run_command, wait_until
 
 from edgeloop.agent.protocol import DeviceProfile, ModelManifest, TensorSpec
-from edgeloop.server.agentbench import upload_version
-from edgeloop.server.broker import Broker
 from edgeloop.server.client import ApiClient, ApiError
-from edgeloop.server.launch import AgentProcess, ServerProcess
+from edgeloop.lab.broker import Broker
+from edgeloop.lab.faults import upload_version
+from edgeloop.lab.launch import AgentProcess, ServerProcess
 from edgeloop.server.rollouts import RolloutCreate, wave_sizes
 
 ROOMY = DeviceProfile(name="roomy", cpu_threads=1, memory_budget_mb=2048, latency_budget_ms=100)
@@ -334,7 +334,7 @@ def test_a_failed_report_or_one_over_budget_halts(fleet: FleetOnDisk) -> None:
 
 
 def edgeloop(*args: str) -> subprocess.CompletedProcess[str]:
-    return run_command("edgeloop.server.cli", *args)
+    return run_command("edgeloop.cli.main", *args)
 
 
 def test_the_operator_cli_drives_rollouts_over_the_rest_api(server: ServerProcess) -> None:

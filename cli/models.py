@@ -1,0 +1,98 @@
+"""``edgeloop models push|ls|retire|retention``: model versions in the registry."""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from edgeloop.cli.output import api_options, ms, over_api, print_json
+from edgeloop.server.client import ApiClient, ApiError
+
+
+def register(commands: argparse._SubParsersAction) -> None:
+    models = commands.add_parser("models", help="model versions in the registry")
+    models.add_argument("action", choices=["push", "ls", "retire", "retention"])
+    models.add_argument(
+        "path",
+        nargs="?",
+        help="push: a compressor output dir (model.onnx, golden.npz, model_report.json) or an "
+        ".onnx file; retire: NAME:VERSION",
+    )
+    models.add_argument("--report", type=Path, help="push: report JSON (needs `accuracy`)")
+    models.add_argument("--golden", type=Path, help="push: golden npz (default: next to FILE)")
+    models.add_argument("--name", help="push: model name (default: dir or file name)")
+    models.add_argument("--version", help="push: version (default: model hash, 12 hex)")
+    models.add_argument(
+        "--no-plan", action="store_true", help="push: register without re-planning the fleet"
+    )
+    models.add_argument("--all", action="store_true", help="ls: include retired versions")
+    models.add_argument("--keep", type=int, default=3, help="retention: live versions per name")
+    api_options(models)
+    models.set_defaults(run=over_api(_models))
+
+
+def _models(client: ApiClient, args: argparse.Namespace, console: Console) -> int:
+    if args.action == "push":
+        return _push(client, args)
+    if args.action == "retire":
+        if not args.path:
+            raise ApiError("models retire needs NAME:VERSION")
+        model = client.retire_model(args.path)
+        print(f"retired {model['label']}")
+        return 0
+    if args.action == "retention":
+        retired = client.apply_retention(args.keep, args.name)["retired"]
+        print(f"retired {len(retired)}: {', '.join(retired) or '-'}")
+        return 0
+    rows = client.models(include_retired=args.all)
+    if args.json:
+        print_json(rows)
+        return 0
+    table = Table(title=f"{len(rows)} model versions")
+    for column in ("model", "variant", "accuracy", "size KB", "host p95 ms", "created", "retired"):
+        table.add_column(column, justify="left" if column == "model" else "right")
+    for row in rows:
+        report = row["report"]
+        table.add_row(
+            row["label"],
+            str(report.get("variant", "-")),
+            f"{report['accuracy']:.4f}" if "accuracy" in report else "-",
+            f"{report.get('size_bytes', 0) / 1024:.1f}",
+            ms(report.get("host_latency_p95_ms")),
+            row["created_at"][:19],
+            (row["retired_at"] or "-")[:19],
+        )
+    console.print(table)
+    return 0
+
+
+def _push(client: ApiClient, args: argparse.Namespace) -> int:
+    if not args.path:
+        raise ApiError("models push needs a compressor output DIR or an .onnx FILE")
+    path = Path(args.path)
+    if path.is_dir():
+        model, golden = path / "model.onnx", args.golden or path / "golden.npz"
+        report_path = args.report or path / "model_report.json"
+        name = args.name or path.name
+    else:
+        model, golden = path, args.golden or path.with_name("golden.npz")
+        report_path = args.report
+        name = args.name or path.stem
+    for label, file in (("model", model), ("golden file", golden), ("report", report_path)):
+        if file is None or not file.is_file():
+            raise ApiError(f"{label} not found: {file or 'give --report R'}")
+    try:
+        report = json.loads(report_path.read_text())
+    except ValueError as exc:
+        raise ApiError(f"{report_path} is not JSON: {exc}") from None
+    version = args.version or hashlib.sha256(model.read_bytes()).hexdigest()[:12]
+    registered = client.push_files(
+        model, golden, name=name, version=version, report=report, plan=not args.no_plan
+    )
+    print(f"registered {registered['label']} ({model.stat().st_size / 1024:.1f} KB)")
+    return 0

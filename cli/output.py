@@ -1,0 +1,56 @@
+"""What every operator command shares: the control plane's address, tables or JSON, and one
+line on stderr (exit 2) when the server refuses a request."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Callable
+from typing import Any
+
+from rich.console import Console
+
+from edgeloop.server.client import ApiClient, ApiError
+
+DEFAULT_SERVER = "http://127.0.0.1:8000"
+
+ApiCommand = Callable[[ApiClient, argparse.Namespace, Console], int]
+
+
+def api_options(sub: argparse.ArgumentParser) -> None:
+    """``--server`` and ``--json``, for commands that talk to the control plane."""
+    sub.add_argument(
+        "--server",
+        default=os.environ.get("EDGELOOP_SERVER", DEFAULT_SERVER),
+        help="control plane URL (env EDGELOOP_SERVER)",
+    )
+    sub.add_argument("--json", action="store_true", help="print JSON instead of a table")
+
+
+def over_api(command: ApiCommand) -> Callable[[argparse.Namespace], int]:
+    """Run ``command`` with a client for ``--server``; a refusal is one line and exit 2."""
+
+    def run(args: argparse.Namespace) -> int:
+        client = ApiClient(args.server)
+        console = Console(width=None if sys.stdout.isatty() else 160)
+        try:
+            return command(client, args, console)
+        except ApiError as exc:
+            print(f"edgeloop: {exc}", file=sys.stderr)
+            return 2
+
+    return run
+
+
+def print_json(value: Any) -> None:
+    print(json.dumps(value, indent=1, default=str))
+
+
+def ms(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f}"
+
+
+def num(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}"
