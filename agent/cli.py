@@ -178,7 +178,7 @@ def _rollback(workdir: Path, args: argparse.Namespace) -> int:
         if lock is not None:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
-        from .client import InferenceClient
+        from .endpoint_client import InferenceClient
 
         url = (workdir / ENDPOINT_FILE).read_text().strip()
         result = InferenceClient(url).rollback()

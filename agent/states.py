@@ -27,7 +27,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from .protocol import Desired, Energy, LatencyStats, Phase
+from .protocol import Desired, Energy, Gate, LatencyStats, Phase
 
 log = logging.getLogger("edgeloop.agent.states")
 
@@ -154,7 +154,7 @@ class UpdateRecord(BaseModel):
     previous: SlotModel | None = None
     candidate: SlotModel | None = None
     reason: str | None = Field(default=None, description="why the update failed/rolled back")
-    gate: str | None = None
+    gate: Gate | None = None
     measured: Measured | None = None
     agreement: float | None = None
     resumes: int = Field(default=0, ge=0, description="restarts in the current state")

@@ -449,7 +449,7 @@ class Updater:
             within_budget=(record.gate not in BUDGET_GATES) if measured else None,
             budget_detail=budget,
             error=record.reason,
-            gate=Gate(record.gate) if record.gate else None,
+            gate=record.gate,
             running=record.committed.label if record.committed else None,
             providers=measured.providers if measured else [],
             agreement=record.agreement,

@@ -6,6 +6,11 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from edgeloop.compressor.report import BuiltModel
+    from edgeloop.server.schemas import ModelCard
 
 
 def register(commands: argparse._SubParsersAction) -> None:
@@ -79,8 +84,8 @@ def _compress(args: argparse.Namespace) -> int:
     print(f"report: {out / 'report.json'}  plot: {out / 'pareto.png'}")
     if result.chosen is None:
         return 1
-    from edgeloop.cli.mainent import ApiClient, ApiError
     from edgeloop.compressor.compress import built_model
+    from edgeloop.server.client import ApiClient, ApiError
 
     version = args.version or result.chosen.key[:12]
     try:
@@ -92,9 +97,24 @@ def _compress(args: argparse.Namespace) -> int:
     (out / "model_report.json").write_text(built.report.model_dump_json(indent=2))
     if args.push:
         try:
-            ApiClient(args.push).push_model(built)
+            ApiClient(args.push).push_model(model_card(built), built.model_path, built.golden_path)
         except ApiError as exc:
             print(f"edgeloop compress: not pushed: {exc}", file=sys.stderr)
             return 1
         print(f"registered {name}:{version} at {args.push}")
     return 0
+
+
+def model_card(built: BuiltModel) -> ModelCard:
+    """What the control plane registers about a compressor output: its I/O contract, the
+    golden tolerance the compressor chose, and its report as the version's figures."""
+    from edgeloop.server.schemas import ModelCard, ModelFigures
+
+    return ModelCard(
+        name=built.name,
+        version=built.version,
+        inputs=built.inputs,
+        outputs=built.outputs,
+        golden_atol=built.report.golden_atol,
+        report=ModelFigures.model_validate(built.report.model_dump()),
+    )

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import argparse
-from typing import Any
 
 from rich.console import Console
 from rich.table import Table
 
-from edgeloop.cli.output import api_options, ms, num, over_api, print_json
+from edgeloop.agent.protocol import Telemetry
+from edgeloop.cli.output import api_options, ms, num, over_api, print_json, when
 from edgeloop.server.client import ApiClient, ApiError
+from edgeloop.server.schemas import DeviceDetail
 
 
 def register(commands: argparse._SubParsersAction) -> None:
@@ -59,55 +60,58 @@ def _devices(client: ApiClient, args: argparse.Namespace, console: Console) -> i
     ):
         table.add_column(column)
     for row in rows:
-        desired = row["desired"] or {}
+        desired = row.desired
         table.add_row(
-            row["device_id"],
-            row["profile"]["name"],
-            ",".join(row["tags"]) or "-",
-            "yes" if row["online"] else "[red]no[/]",
-            row["phase"],
-            f"{desired.get('model') or '-'} (rev {desired.get('revision', '-')})",
-            row["current_model"] or "-",
-            (row["last_seen"] or "-")[:19],
+            row.device_id,
+            row.profile.name,
+            ",".join(row.tags) or "-",
+            "yes" if row.online else "[red]no[/]",
+            row.phase,
+            f"{desired.model or '-'} (rev {desired.revision})" if desired else "- (rev -)",
+            row.current_model or "-",
+            when(row.last_seen),
         )
     console.print(table)
     return 0
 
 
-def _print_device(detail: dict[str, Any], console: Console) -> None:
-    profile = detail["profile"]
-    desired = detail["desired"] or {}
+def _print_device(detail: DeviceDetail, console: Console) -> None:
+    profile = detail.profile
+    desired = detail.desired
     console.print(
-        f"[bold]{detail['device_id']}[/] ({profile['name']}: {profile['cpu_threads']} threads, "
-        f"p95 budget {profile['latency_budget_ms']} ms, memory {profile['memory_budget_mb']} MB) "
-        f"{'online' if detail['online'] else '[red]offline[/]'}, {detail['phase']}"
+        f"[bold]{detail.device_id}[/] ({profile.name}: {profile.cpu_threads} threads, "
+        f"p95 budget {profile.latency_budget_ms:g} ms, memory {profile.memory_budget_mb:g} MB) "
+        f"{'online' if detail.online else '[red]offline[/]'}, {detail.phase}"
     )
     console.print(
-        f"running {detail['current_model'] or '-'} (previous {detail['previous_model'] or '-'});"
-        f" desired {desired.get('model') or '-'} rev {desired.get('revision', '-')}"
-        f" [{desired.get('source', '-')}]: {desired.get('reason', '')}"
-    )
-    report = detail["latest_report"]
-    if report:
-        latency = report.get("latency") or {}
-        console.print(
-            f"last report: {report['model']} {'ok' if report['ok'] else '[red]failed[/]'} "
-            f"({report.get('gate') or report['phase']}) p95 {latency.get('p95_ms', '-')} ms "
-            f"peak {report.get('peak_rss_mb', '-')} MB {report.get('error') or ''}"
+        f"running {detail.current_model or '-'} (previous {detail.previous_model or '-'});"
+        + (
+            f" desired {desired.model or '-'} rev {desired.revision} [{desired.source}]: "
+            f"{desired.reason}"
+            if desired
+            else " nothing desired yet"
         )
-    sample = detail["latest_telemetry"]
+    )
+    report = detail.latest_report
+    if report:
+        console.print(
+            f"last report: {report.model} {'ok' if report.ok else '[red]failed[/]'} "
+            f"({report.gate or report.phase}) "
+            f"p95 {ms(report.latency.p95_ms if report.latency else None)} ms "
+            f"peak {num(report.peak_rss_mb)} MB {report.error or ''}"
+        )
+    sample = detail.latest_telemetry
     if sample:
         console.print(_telemetry_line(sample))
 
 
-def _telemetry_line(sample: dict[str, Any]) -> str:
-    latency = sample.get("latency") or {}
-    energy = sample.get("energy") or {}
+def _telemetry_line(sample: Telemetry) -> str:
+    latency, energy = sample.latency, sample.energy
     return (
-        f"telemetry {sample['sent_at'][:19]}: {sample.get('model') or '-'} "
-        f"p50/p95/p99 {ms(latency.get('p50_ms'))}/{ms(latency.get('p95_ms'))}/"
-        f"{ms(latency.get('p99_ms'))} ms, rss {sample['rss_mb']:.1f} MB, "
-        f"{num(energy.get('avg_power_w'))} W, {num(sample.get('temperature_c'))} °C"
+        f"telemetry {when(sample.sent_at)}: {sample.model or '-'} "
+        f"p50/p95/p99 {ms(latency and latency.p50_ms)}/{ms(latency and latency.p95_ms)}/"
+        f"{ms(latency and latency.p99_ms)} ms, rss {sample.rss_mb:.1f} MB, "
+        f"{num(energy and energy.avg_power_w)} W, {num(sample.temperature_c)} °C"
     )
 
 
@@ -116,29 +120,26 @@ def _telemetry(client: ApiClient, args: argparse.Namespace, console: Console) ->
     if args.json:
         print_json(page)
         return 0
-    table = Table(
-        title=f"{args.device}: {len(page['items'])} of {page['total']} samples, newest first"
-    )
+    table = Table(title=f"{args.device}: {len(page.items)} of {page.total} samples, newest first")
     for column in ("sent", "model", "source", "n", "p50 ms", "p95 ms", "p99 ms", "inf/s", "RSS MB",
                    "W", "mJ/inf", "°C", "buffered"):  # fmt: skip
         table.add_column(column, justify="left" if column in ("sent", "model") else "right")
-    for sample in page["items"]:
-        latency = sample.get("latency") or {}
-        energy = sample.get("energy") or {}
+    for sample in page.items:
+        latency, energy = sample.latency, sample.energy
         table.add_row(
-            sample["sent_at"][:19],
-            sample.get("model") or "-",
-            sample.get("latency_source") or "-",
-            str(latency.get("n", "-")),
-            ms(latency.get("p50_ms")),
-            ms(latency.get("p95_ms")),
-            ms(latency.get("p99_ms")),
-            f"{sample['inferences_per_s']:.1f}" if sample.get("inferences_per_s") else "-",
-            f"{sample['rss_mb']:.1f}",
-            num(energy.get("avg_power_w")),
-            num(energy["joules_per_inference"] * 1000 if energy else None),
-            num(sample.get("temperature_c")),
-            str(sample.get("buffered") if sample.get("buffered") is not None else "-"),
+            when(sample.sent_at),
+            sample.model or "-",
+            sample.latency_source or "-",
+            str(latency.n) if latency else "-",
+            ms(latency and latency.p50_ms),
+            ms(latency and latency.p95_ms),
+            ms(latency and latency.p99_ms),
+            f"{sample.inferences_per_s:.1f}" if sample.inferences_per_s else "-",
+            f"{sample.rss_mb:.1f}",
+            num(energy and energy.avg_power_w),
+            num(energy.joules_per_inference * 1000 if energy else None),
+            num(sample.temperature_c),
+            str(sample.buffered) if sample.buffered is not None else "-",
         )
     console.print(table)
     return 0

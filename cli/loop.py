@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+from collections.abc import Mapping
 from pathlib import Path
 
+from pydantic import JsonValue
 from rich.console import Console
 from rich.table import Table
 
@@ -41,7 +43,7 @@ def _loop_run(client: ApiClient, args: argparse.Namespace, console: Console) -> 
         raise ApiError("loop run needs an EXAMPLE task, e.g. `edgeloop loop run image`")
     profiles: dict[str, DeviceProfile] = {}
     for device in client.devices():
-        profiles.setdefault(device["profile"]["name"], DeviceProfile(**device["profile"]))
+        profiles.setdefault(device.profile.name, device.profile)
     if not profiles:
         raise ApiError("no devices are registered: start agents first")
     try:
@@ -67,6 +69,8 @@ def _loop(client: ApiClient, args: argparse.Namespace, console: Console) -> int:
     if args.action == "run":
         return _loop_run(client, args, console)
     if args.action == "calibrations":
+        from edgeloop.loop.costmodel import Calibration
+
         rows = client.calibrations()
         if args.json:
             print_json(rows)
@@ -76,16 +80,22 @@ def _loop(client: ApiClient, args: argparse.Namespace, console: Console) -> int:
                        "memory offset MB", "W/core"):  # fmt: skip
             table.add_column(column, justify="left" if column == "class" else "right")
         for row in rows:
-            c = row["calibration"]
-            loo = c.get("latency_loo_error")
+            try:
+                c = Calibration.from_json(row.calibration)
+            except (TypeError, KeyError, ValueError) as exc:
+                raise ApiError(
+                    f"the stored calibration of {row.profile} is not one this edgeloop reads "
+                    f"({exc}); the next `edgeloop loop run` replaces it"
+                ) from None
+            loo = c.latency_loo_error
             table.add_row(
-                row["profile"],
-                str(row["observations"]),
-                f"{c['class_scale']:.3f}",
-                ", ".join(f"{k} {v:.2f}" for k, v in sorted(c.get("scales", {}).items())) or "-",
+                row.profile,
+                str(row.observations),
+                f"{c.class_scale:.3f}",
+                ", ".join(f"{k} {v:.2f}" for k, v in sorted(c.scales.items())) or "-",
                 f"{loo:.1%}" if loo is not None else "-",
-                f"{c.get('memory_offset_mb', 0):.1f}",
-                f"{c.get('watts_per_core', 0):.2f}",
+                f"{c.memory_offset_mb:.1f}",
+                f"{c.watts_per_core:.2f}",
             )
         console.print(table)
         return 0
@@ -97,17 +107,22 @@ def _loop(client: ApiClient, args: argparse.Namespace, console: Console) -> int:
     for column in ("round", "class", "decision", "model", "measured p95 ms", "budget ms", "why"):
         table.add_column(column, overflow="fold")
     for row in rows:
-        figures = row["figures"] or {}
-        measured = figures.get("measured") or {}
-        budget = figures.get("budget") or {}
+        budget = _figure(row.figures, "budget", "latency_p95_ms")
         table.add_row(
-            str(row["round"]),
-            row["profile"],
-            row["action"],
-            row["model"] or "-",
-            ms(measured.get("p95_ms")),
-            f"{budget['latency_p95_ms']:g}" if budget.get("latency_p95_ms") else "-",
-            row["reason"],
+            str(row.round),
+            row.profile,
+            row.action,
+            row.model or "-",
+            ms(_figure(row.figures, "measured", "p95_ms")),
+            f"{budget:g}" if budget else "-",
+            row.reason,
         )
     console.print(table)
     return 0
+
+
+def _figure(figures: Mapping[str, JsonValue], group: str, name: str) -> float | None:
+    """One number of a decision's figures (the loop records them as free-form JSON)."""
+    values = figures.get(group)
+    value = values.get(name) if isinstance(values, dict) else None
+    return float(value) if isinstance(value, int | float) else None

@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import json
 from pathlib import Path
 
+from pydantic import ValidationError
 from rich.console import Console
 from rich.table import Table
 
-from edgeloop.cli.output import api_options, ms, over_api, print_json
-from edgeloop.server.client import ApiClient, ApiError
+from edgeloop.cli.output import api_options, ms, over_api, print_json, when
+from edgeloop.server.client import ApiClient, ApiError, card_from_onnx
+from edgeloop.server.schemas import ModelFigures
 
 
 def register(commands: argparse._SubParsersAction) -> None:
@@ -43,10 +44,10 @@ def _models(client: ApiClient, args: argparse.Namespace, console: Console) -> in
         if not args.path:
             raise ApiError("models retire needs NAME:VERSION")
         model = client.retire_model(args.path)
-        print(f"retired {model['label']}")
+        print(f"retired {model.label}")
         return 0
     if args.action == "retention":
-        retired = client.apply_retention(args.keep, args.name)["retired"]
+        retired = client.apply_retention(args.keep, args.name).retired
         print(f"retired {len(retired)}: {', '.join(retired) or '-'}")
         return 0
     rows = client.models(include_retired=args.all)
@@ -57,15 +58,15 @@ def _models(client: ApiClient, args: argparse.Namespace, console: Console) -> in
     for column in ("model", "variant", "accuracy", "size KB", "host p95 ms", "created", "retired"):
         table.add_column(column, justify="left" if column == "model" else "right")
     for row in rows:
-        report = row["report"]
+        report = row.report
         table.add_row(
-            row["label"],
-            str(report.get("variant", "-")),
-            f"{report['accuracy']:.4f}" if "accuracy" in report else "-",
-            f"{report.get('size_bytes', 0) / 1024:.1f}",
-            ms(report.get("host_latency_p95_ms")),
-            row["created_at"][:19],
-            (row["retired_at"] or "-")[:19],
+            row.label,
+            report.variant or "-",
+            f"{report.accuracy:.4f}",
+            f"{report.size_bytes / 1024:.1f}" if report.size_bytes else "-",
+            ms(report.host_latency_p95_ms),
+            when(row.created_at),
+            when(row.retired_at),
         )
     console.print(table)
     return 0
@@ -87,12 +88,11 @@ def _push(client: ApiClient, args: argparse.Namespace) -> int:
         if file is None or not file.is_file():
             raise ApiError(f"{label} not found: {file or 'give --report R'}")
     try:
-        report = json.loads(report_path.read_text())
-    except ValueError as exc:
-        raise ApiError(f"{report_path} is not JSON: {exc}") from None
+        figures = ModelFigures.model_validate_json(report_path.read_text())
+    except ValidationError as exc:
+        raise ApiError(f"{report_path} is not a model report: {exc}") from None
     version = args.version or hashlib.sha256(model.read_bytes()).hexdigest()[:12]
-    registered = client.push_files(
-        model, golden, name=name, version=version, report=report, plan=not args.no_plan
-    )
-    print(f"registered {registered['label']} ({model.stat().st_size / 1024:.1f} KB)")
+    card = card_from_onnx(model, name=name, version=version, figures=figures)
+    registered = client.push_model(card, model, golden, plan=not args.no_plan)
+    print(f"registered {registered.label} ({model.stat().st_size / 1024:.1f} KB)")
     return 0

@@ -7,9 +7,10 @@ import argparse
 import json
 import os
 import sys
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Sequence
+from datetime import datetime
 
+from pydantic import BaseModel
 from rich.console import Console
 
 from edgeloop.server.client import ApiClient, ApiError
@@ -44,8 +45,19 @@ def over_api(command: ApiCommand) -> Callable[[argparse.Namespace], int]:
     return run
 
 
-def print_json(value: Any) -> None:
-    print(json.dumps(value, indent=1, default=str))
+def print_json(value: BaseModel | Sequence[BaseModel]) -> None:
+    """An API answer as the server sent it (``--json``)."""
+    data: object
+    if isinstance(value, BaseModel):
+        data = value.model_dump(mode="json")
+    else:
+        data = [item.model_dump(mode="json") for item in value]
+    print(json.dumps(data, indent=1))
+
+
+def when(moment: datetime | None) -> str:
+    """A UTC time to the second, for tables."""
+    return "-" if moment is None else moment.isoformat()[:19]
 
 
 def ms(value: float | None) -> str:

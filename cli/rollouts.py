@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import argparse
-from typing import Any
 
+from pydantic import ValidationError
 from rich.console import Console
 from rich.table import Table
 
 from edgeloop.cli.output import api_options, over_api, print_json
 from edgeloop.server.client import ApiClient, ApiError
+from edgeloop.server.schemas import Criteria, RolloutCreate, RolloutStatus, Target
 
 
 def register(commands: argparse._SubParsersAction) -> None:
@@ -32,32 +33,33 @@ def _rollout(client: ApiClient, args: argparse.Namespace, console: Console) -> i
     if args.action == "create":
         if not args.subject:
             raise ApiError("rollout create needs a MODEL, e.g. digits-cnn:2-int8")
-        target: dict[str, Any] = {"tags": args.tag}
-        if args.profile:
-            target["profile"] = args.profile
-        if args.device:
-            target["devices"] = args.device
-        status = client.create_rollout(
-            args.subject,
-            target=target,
-            waves=[w.strip() for w in args.waves.split(",") if w.strip()],
-            criteria={"max_failure_rate": args.max_failure_rate, "wave_timeout_s": args.timeout},
-        )
+        try:
+            request = RolloutCreate(
+                model=args.subject,
+                target=Target(profile=args.profile, tags=args.tag, devices=args.device),
+                waves=[w.strip() for w in args.waves.split(",") if w.strip()],
+                criteria=Criteria(
+                    max_failure_rate=args.max_failure_rate, wave_timeout_s=args.timeout
+                ),
+            )
+        except ValidationError as exc:
+            raise ApiError(f"rollout create: {_problems(exc)}") from None
+        status = client.create_rollout(request)
     elif args.action == "status" and not args.subject:
         page = client.rollouts(limit=50)
         if args.json:
             print_json(page)
             return 0
-        table = Table(title=f"rollouts ({page['total']} in all, newest first)")
+        table = Table(title=f"rollouts ({page.total} in all, newest first)")
         for column in ("id", "model", "state", "wave", "reason"):
             table.add_column(column)
-        for item in page["items"]:
+        for item in page.items:
             table.add_row(
-                str(item["id"]),
-                item["model"],
-                item["state"],
-                f"{item['current_wave']}/{len(item['waves'])}",
-                item["reason"],
+                str(item.id),
+                item.model,
+                item.state,
+                f"{item.current_wave}/{len(item.waves)}",
+                item.reason,
             )
         console.print(table)
         return 0
@@ -76,27 +78,33 @@ def _rollout(client: ApiClient, args: argparse.Namespace, console: Console) -> i
     return 0
 
 
-def _print_status(status: dict[str, Any], console: Console) -> None:
+def _print_status(status: RolloutStatus, console: Console) -> None:
     console.print(
-        f"rollout {status['id']}: {status['model']} — [bold]{status['state']}[/] "
-        f"(wave {status['current_wave']}/{len(status['waves'])}) {status['reason']}"
+        f"rollout {status.id}: {status.model} — [bold]{status.state}[/] "
+        f"(wave {status.current_wave}/{len(status.waves)}) {status.reason}"
     )
     waves = Table(title="waves")
     for column in ("wave", "devices so far", "steps"):
         waves.add_column(column)
-    for wave in status["waves"]:
-        steps = ", ".join(f"{k} {v}" for k, v in sorted(wave["steps"].items()))
-        waves.add_row(str(wave["wave"]), str(wave["cumulative_size"]), steps or "-")
+    for wave in status.waves:
+        steps = ", ".join(f"{k} {v}" for k, v in sorted(wave.steps.items()))
+        waves.add_row(str(wave.wave), str(wave.cumulative_size), steps or "-")
     console.print(waves)
     devices = Table(title="devices")
     for column in ("device", "wave", "step", "revision", "detail"):
         devices.add_column(column)
-    for device in status.get("devices", []):
+    for device in status.devices:
         devices.add_row(
-            device["device_id"],
-            str(device["wave"]),
-            device["step"],
-            str(device["revision"] or "-"),
-            device["detail"],
+            device.device_id,
+            str(device.wave),
+            device.step,
+            str(device.revision or "-"),
+            device.detail,
         )
     console.print(devices)
+
+
+def _problems(exc: ValidationError) -> str:
+    return "; ".join(
+        f"{'.'.join(str(part) for part in error['loc'])}: {error['msg']}" for error in exc.errors()
+    )

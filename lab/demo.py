@@ -28,6 +28,7 @@ from edgeloop.lab.emulation import DeviceClass
 from edgeloop.lab.launch import AgentProcess, ServerProcess, wait_for_devices
 from edgeloop.loop import CandidatePool, Loop, LoopResult, RoundRecord
 from edgeloop.server.client import ApiClient
+from edgeloop.server.schemas import FleetEntry
 
 DEMO_PROFILES: list[DeviceProfile] = [PROFILES["jetson-nano"], PROFILES["pi-zero-2"]]
 """From the profile catalogue (``agent/profiles/``)."""
@@ -123,11 +124,9 @@ def run_demo(
             for process in reversed(processes):
                 process.stop()
     rounds = {name: state.deployed_round for name, state in loop_result.classes.items()}
-    devices_json = [
-        _device_row(row) | {"round": rounds.get(row["profile"]["name"])} for row in rows
-    ]
+    devices_json = [_device_row(row) | {"round": rounds.get(row.profile.name)} for row in rows]
     ok = loop_result.converged and bool(devices_json) and all(d["ok"] for d in devices_json)
-    history = [{k: v for k, v in e.items() if k != "figures"} for e in loop.history]
+    history = [e.model_dump(mode="json", exclude={"figures"}) for e in loop.history]
     result = DemoResult(
         ok,
         mqtt.kind,
@@ -186,15 +185,15 @@ def _registered_models(client: ApiClient, loop: Loop) -> list[dict[str, Any]]:
     by_version = {c.version: c for c in loop.candidates}
     models = []
     for model in client.models():
-        candidate = by_version.get(model["version"])
+        candidate = by_version.get(model.version)
         models.append(
             {
-                "model": model["label"],
-                "artifact_sha256": model["artifact_sha256"],
-                "variant": model["report"].get("variant"),
-                "accuracy": model["report"]["accuracy"],
-                "size_bytes": model["report"]["size_bytes"],
-                "host_latency_p95_ms": model["report"].get("host_latency_p95_ms"),
+                "model": model.label,
+                "artifact_sha256": model.artifact_sha256,
+                "variant": model.report.variant,
+                "accuracy": model.report.accuracy,
+                "size_bytes": model.report.size_bytes,
+                "host_latency_p95_ms": model.report.host_latency_p95_ms,
                 "baseline": bool(candidate and candidate.baseline),
             }
         )
@@ -207,13 +206,13 @@ def _wait_for_reports(
     timeout_s: float,
     console: Console,
     agents: list[AgentProcess],
-) -> list[dict[str, Any]]:
+) -> list[FleetEntry]:
     """Poll the fleet until every device reported on its latest desired revision."""
     deadline = time.monotonic() + timeout_s
-    rows: list[dict[str, Any]] = []
+    rows: list[FleetEntry] = []
     with console.status("waiting for device reports") as status:
         while time.monotonic() < deadline:
-            rows = [r for r in client.fleet() if r["device_id"] in device_ids]
+            rows = [r for r in client.fleet() if r.device_id in device_ids]
             done = [r for r in rows if _settled(r)]
             status.update(f"waiting for device reports: {len(done)}/{len(device_ids)}")
             if len(done) == len(device_ids):
@@ -227,41 +226,37 @@ def _wait_for_reports(
     return rows
 
 
-def _settled(row: dict[str, Any]) -> bool:
-    report = row.get("report")
-    return report is not None and report["revision"] == row["desired_revision"]
+def _settled(row: FleetEntry) -> bool:
+    return row.report is not None and row.report.revision == row.desired_revision
 
 
-def _device_row(row: dict[str, Any]) -> dict[str, Any]:
-    report = row.get("report") or {}
-    model_report = row.get("model_report") or {}
-    latency = report.get("latency") or {}
-    energy = report.get("energy") or {}
-    settled = _settled(row)
+def _device_row(row: FleetEntry) -> dict[str, Any]:
+    """One device for the demo's JSON and table."""
+    report, figures = row.report, row.model_report
+    latency = report.latency if report else None
+    energy = report.energy if report else None
     return {
-        "device_id": row["device_id"],
-        "profile": row["profile"]["name"],
-        "model": row["desired_model"],
-        "reason": row["desired_reason"],
-        "revision": row["desired_revision"],
-        "artifact_sha256": report.get("artifact_sha256"),
-        "size_bytes": model_report.get("size_bytes"),
-        "accuracy": model_report.get("accuracy"),
-        "p50_ms": latency.get("p50_ms"),
-        "p95_ms": latency.get("p95_ms"),
-        "p99_ms": latency.get("p99_ms"),
-        "inferences": latency.get("n"),
-        "peak_rss_mb": report.get("peak_rss_mb"),
-        "energy_mj_per_inference": (
-            energy["joules_per_inference"] * 1e3 if "joules_per_inference" in energy else None
-        ),
-        "energy_estimated": energy.get("estimated"),
-        "energy_source": energy.get("source"),
-        "within_budget": report.get("within_budget"),
-        "budget_detail": report.get("budget_detail"),
-        "verified": bool(report.get("verified")),
-        "ok": settled and bool(report.get("ok")) and bool(report.get("verified")),
-        "error": report.get("error"),
+        "device_id": row.device_id,
+        "profile": row.profile.name,
+        "model": row.desired_model,
+        "reason": row.desired_reason,
+        "revision": row.desired_revision,
+        "artifact_sha256": report.artifact_sha256 if report else None,
+        "size_bytes": figures.size_bytes if figures else None,
+        "accuracy": figures.accuracy if figures else None,
+        "p50_ms": latency.p50_ms if latency else None,
+        "p95_ms": latency.p95_ms if latency else None,
+        "p99_ms": latency.p99_ms if latency else None,
+        "inferences": latency.n if latency else None,
+        "peak_rss_mb": report.peak_rss_mb if report else None,
+        "energy_mj_per_inference": energy.joules_per_inference * 1e3 if energy else None,
+        "energy_estimated": energy.estimated if energy else None,
+        "energy_source": energy.source if energy else None,
+        "within_budget": report.within_budget if report else None,
+        "budget_detail": report.budget_detail if report else None,
+        "verified": bool(report and report.verified),
+        "ok": _settled(row) and bool(report and report.ok and report.verified),
+        "error": report.error if report else None,
     }
 
 

@@ -38,7 +38,7 @@ if TYPE_CHECKING:
     import onnx
 
     from edgeloop.agent.golden import Golden
-    from edgeloop.agent.protocol import DeviceProfile, Report
+    from edgeloop.agent.protocol import DeviceProfile
     from edgeloop.compressor.search import Trial
 
 __all__ = [
@@ -388,23 +388,6 @@ class Observation:
         if self.measured_p50_ms is not None and self.host.p50_ms > 0:
             return self.measured_p50_ms / self.host.p50_ms
         return self.measured_p95_ms / self.host.p95_ms
-
-    @classmethod
-    def from_report(
-        cls, features: ModelFeatures, host: HostMeasurement, report: Report
-    ) -> Observation:
-        """From an agent's update report (latency, peak RSS and energy per inference).
-
-        Raises:
-            ValueError: the report carries no latency (the model failed a gate before timing).
-        """
-        if report.latency is None:
-            raise ValueError(f"report for {report.model} has no latency; it cannot calibrate")
-        energy = report.energy.joules_per_inference * 1e3 if report.energy else None
-        return cls(
-            features, host, report.latency.p95_ms, report.peak_rss_mb, energy,
-            report.latency.p50_ms,
-        )  # fmt: skip
 
 
 @dataclass(frozen=True)

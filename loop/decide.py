@@ -3,15 +3,17 @@ calibrated cost model predicts: pure, no network and no disk (the driver does th
 
 from __future__ import annotations
 
+import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, TypeAlias
 
-from edgeloop.agent.protocol import DeviceProfile
+from edgeloop.agent.protocol import DeviceProfile, Gate, Report
 from edgeloop.loop.candidates import Candidate
+from edgeloop.server.schemas import LoopAction
 
 if TYPE_CHECKING:
-    from edgeloop.loop.costmodel import Observation, Prediction
+    from edgeloop.loop.costmodel import HostMeasurement, ModelFeatures, Observation, Prediction
 
 __all__ = [
     "ACCURACY_EPSILON",
@@ -23,7 +25,8 @@ __all__ = [
     "within_budget",
 ]
 
-Action = Literal["deploy", "keep", "wait", "unreachable", "stop"]
+Action: TypeAlias = LoopAction
+"""What a decision does; the control plane records decisions with the same words."""
 
 ACCURACY_EPSILON = 1e-9
 """Two candidates whose accuracy differs by less are equally accurate (ties go to the faster)."""
@@ -39,9 +42,50 @@ class Measured:
     peak_rss_mb: float | None
     energy_mj: float | None
     devices: int
-    gate: str | None = None
+    gate: Gate | None = None
     error: str | None = None
     p50_ms: float | None = None
+
+    @classmethod
+    def from_reports(cls, model: str, reports: Sequence[Report]) -> Measured:
+        """The class's figures from its devices' reports on ``model`` (one per device): median
+        latencies and energy, the largest peak RSS; not ok if any device refused it, with
+        the first refusal's gate and error.
+
+        Raises:
+            ValueError: no reports.
+        """
+        if not reports:
+            raise ValueError(f"no reports on {model}: nothing was measured")
+        timed = [r.latency for r in reports if r.latency is not None]
+        rss = [r.peak_rss_mb for r in reports if r.peak_rss_mb is not None]
+        energy = [r.energy.joules_per_inference * 1e3 for r in reports if r.energy is not None]
+        failed = next((r for r in reports if not r.ok), None)
+        return cls(
+            model=model,
+            ok=failed is None,
+            p95_ms=statistics.median(t.p95_ms for t in timed) if timed else None,
+            p50_ms=statistics.median(t.p50_ms for t in timed) if timed else None,
+            peak_rss_mb=max(rss) if rss else None,
+            energy_mj=statistics.median(energy) if energy else None,
+            devices=len(reports),
+            gate=failed.gate if failed else None,
+            error=failed.error if failed else None,
+        )
+
+    def observation(self, features: ModelFeatures, host: HostMeasurement) -> Observation:
+        """This measurement beside the host's, for the class's calibration.
+
+        Raises:
+            ValueError: the devices sent no latency (the model failed a gate before timing).
+        """
+        from edgeloop.loop.costmodel import Observation
+
+        if self.p95_ms is None:
+            raise ValueError(f"reports on {self.model} have no latency; they cannot calibrate")
+        return Observation(
+            features, host, self.p95_ms, self.peak_rss_mb, self.energy_mj, self.p50_ms
+        )
 
 
 @dataclass(frozen=True)

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import json
 import logging
-import statistics
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -32,8 +31,16 @@ from typing import TYPE_CHECKING, Any
 from edgeloop.agent.protocol import DeviceProfile
 from edgeloop.loop.candidates import Candidate, CandidatePool
 from edgeloop.loop.decide import Action, ClassState, Decision, Measured, decide
-from edgeloop.server.client import ApiClient, ApiError
-from edgeloop.server.rollouts import RolloutState
+from edgeloop.server.client import ApiClient, ApiError, card_from_onnx
+from edgeloop.server.schemas import (
+    Criteria,
+    LoopDecisionCreate,
+    ModelFigures,
+    RolloutCreate,
+    RolloutState,
+    RolloutStatus,
+    Target,
+)
 
 if TYPE_CHECKING:
     from edgeloop.loop.costmodel import CostModel, Prediction
@@ -95,7 +102,7 @@ class Loop:
         self.cost: CostModel = CostModel()
         self.candidates: list[Candidate] = []
         self.registered: set[str] = set()
-        self.history: list[dict[str, Any]] = []
+        self.history: list[LoopDecisionCreate] = []
 
     # ------------------------------------------------------------------ driving
 
@@ -124,7 +131,9 @@ class Loop:
             for state in self.classes.values():
                 if state.last is not None and state.last.action == "unreachable":
                     continue
-                measured = self._measure(state)
+                measured = self.measure(state)
+                if measured is not None:
+                    self._learn(state, measured)
                 predictions = self._predictions(state)
                 decision = decide(state, self.candidates, predictions, measured, margin=self.margin)
                 decision.figures["calibration"] = self._calibration_json(state)
@@ -161,15 +170,15 @@ class Loop:
         from edgeloop.loop.costmodel import Calibration
 
         for row in self.client.calibrations():
-            if row["profile"] not in self.classes:
+            if row.profile not in self.classes:
                 continue
             try:
-                calibration = Calibration.from_json(row["calibration"])
+                calibration = Calibration.from_json(row.calibration)
             except (TypeError, KeyError, ValueError) as exc:
-                log.warning("stored calibration for %s ignored: %s", row["profile"], exc)
+                log.warning("stored calibration for %s ignored: %s", row.profile, exc)
                 continue
-            if calibration.threads == self.classes[row["profile"]].profile.cpu_threads:
-                self.cost.calibrations[row["profile"]] = calibration
+            if calibration.threads == self.classes[row.profile].profile.cpu_threads:
+                self.cost.calibrations[row.profile] = calibration
 
     def _notify(self, record: RoundRecord, result: LoopResult) -> None:
         if self.on_round is not None:
@@ -177,56 +186,29 @@ class Loop:
 
     # ------------------------------------------------------------------ measuring
 
-    def _measure(self, state: ClassState) -> Measured | None:
-        """The class's devices' reports for the model they were last sent; also adds the
-        observation (host vs device) the calibration learns from."""
-        from edgeloop.loop.costmodel import Observation
-
+    def measure(self, state: ClassState) -> Measured | None:
+        """What the class's devices reported for the model they were last sent (each device's
+        newest report on it): one request, whatever the class's size. None: no report yet."""
         current = state.current
         if current is None:
             return None
         label = f"{self.name}:{current.version}"
-        reports = []
-        for device in self.client.devices(profile=state.profile.name):
-            for report in self.client.device_reports(device["device_id"]):
-                if report["model"] == label:
-                    reports.append(report)
-                    break
-        if not reports:
-            return None
-        latencies = [r["latency"]["p95_ms"] for r in reports if r.get("latency")]
-        medians = [r["latency"]["p50_ms"] for r in reports if r.get("latency")]
-        rss = [r["peak_rss_mb"] for r in reports if r.get("peak_rss_mb") is not None]
-        energy = [r["energy"]["joules_per_inference"] * 1e3 for r in reports if r.get("energy")]
-        failed = next((r for r in reports if not r["ok"]), None)
-        measured = Measured(
-            model=label,
-            ok=failed is None,
-            p95_ms=statistics.median(latencies) if latencies else None,
-            p50_ms=statistics.median(medians) if medians else None,
-            peak_rss_mb=max(rss) if rss else None,
-            energy_mj=statistics.median(energy) if energy else None,
-            devices=len(reports),
-            gate=failed["gate"] if failed else None,
-            error=failed.get("error") if failed else None,
-        )
+        reports = self.client.reports(profile=state.profile.name, model=label, latest=True)
+        return Measured.from_reports(label, reports) if reports else None
+
+    def _learn(self, state: ClassState, measured: Measured) -> None:
+        """Keep the class's figures for its current model; the first time they carry a
+        latency, they are one more (host, device) observation: recalibrate and store it."""
+
+        current = state.current
+        assert current is not None
         first_report = current.key not in state.measured
         state.measured[current.key] = measured
         threads = state.profile.cpu_threads
         if first_report and measured.p95_ms is not None and threads in current.host:
-            state.observations.append(
-                Observation(
-                    current.features,
-                    current.host[threads],
-                    measured.p95_ms,
-                    measured.peak_rss_mb,
-                    measured.energy_mj,
-                    measured.p50_ms,
-                )
-            )
+            state.observations.append(measured.observation(current.features, current.host[threads]))
             self.cost.calibrate(state.profile.name, state.observations)
             self._put_calibration(state)
-        return measured
 
     def _predictions(self, state: ClassState) -> dict[str, Prediction]:
         threads = state.profile.cpu_threads
@@ -271,12 +253,14 @@ class Loop:
             state = self.classes[decision.profile]
             label = self._register(decision.candidate)
             rollout = self.client.create_rollout(
-                label,
-                target={"profile": decision.profile},
-                waves=["1", "100%"],
-                criteria={"wave_timeout_s": self.rollout_timeout_s},
+                RolloutCreate(
+                    model=label,
+                    target=Target(profile=decision.profile),
+                    waves=["1", "100%"],
+                    criteria=Criteria(wave_timeout_s=self.rollout_timeout_s),
+                )
             )
-            self._wait(rollout["id"])
+            self._wait(rollout.id)
             state.current = decision.candidate
             state.deployed_round = round_
 
@@ -286,34 +270,30 @@ class Loop:
         label = f"{self.name}:{candidate.version}"
         if label in self.registered:
             return label
-        report = {
-            "accuracy": candidate.accuracy,
-            "variant": candidate.label,
-            "size_bytes": candidate.size_bytes,
-            "host_latency_p95_ms": min(h.p95_ms for h in candidate.host.values()),
-            "peak_rss_mb": min(h.peak_rss_mb for h in candidate.host.values()),
-            "golden_atol": golden_atol(candidate.golden_path, quantized=candidate.quantized),
-        }
+        figures = ModelFigures(
+            accuracy=candidate.accuracy,
+            variant=candidate.label,
+            size_bytes=candidate.size_bytes,
+            host_latency_p95_ms=min(h.p95_ms for h in candidate.host.values()),
+            peak_rss_mb=min(h.peak_rss_mb for h in candidate.host.values()),
+            golden_atol=golden_atol(candidate.golden_path, quantized=candidate.quantized),
+        )
+        card = card_from_onnx(
+            candidate.model_path, name=self.name, version=candidate.version, figures=figures
+        )
         try:
-            self.client.push_files(
-                candidate.model_path,
-                candidate.golden_path,
-                name=self.name,
-                version=candidate.version,
-                report=report,
-                plan=False,
-            )
+            self.client.push_model(card, candidate.model_path, candidate.golden_path, plan=False)
         except ApiError as exc:
             if exc.status != 409:  # 409: registered by an earlier run; versions are immutable
                 raise
         self.registered.add(label)
         return label
 
-    def _wait(self, rollout_id: int) -> dict[str, Any]:
+    def _wait(self, rollout_id: int) -> RolloutStatus:
         deadline = time.monotonic() + self.rollout_timeout_s + 30
         while time.monotonic() < deadline:
             status = self.client.rollout(rollout_id)
-            if status["state"] not in (RolloutState.RUNNING, RolloutState.PAUSED):
+            if status.state not in (RolloutState.RUNNING, RolloutState.PAUSED):
                 return status  # completed, halted (a canary refused), cancelled, rolled back
             time.sleep(0.25)
         raise TimeoutError(f"rollout {rollout_id} did not finish within the loop's timeout")
@@ -327,15 +307,15 @@ class Loop:
         reason: str,
         figures: dict[str, Any],
     ) -> None:
-        entry = {
-            "loop": self.name,
-            "round": round_,
-            "profile": profile,
-            "action": action,
-            "model": model,
-            "reason": reason,
-            "figures": json.loads(json.dumps(figures, default=str)),
-        }
+        entry = LoopDecisionCreate(
+            loop=self.name,
+            round=round_,
+            profile=profile,
+            action=action,
+            model=model,
+            reason=reason,
+            figures=json.loads(json.dumps(figures, default=str)),
+        )
         self.history.append(entry)
         log.info("round %d %s: %s %s — %s", round_, profile, action, model or "", reason)
         self.client.record_decision(entry)

@@ -1,14 +1,55 @@
-"""A small REST client for the control plane, used by the demo and the operator CLI."""
+"""The control plane's REST client SDK: the operator CLI, the closed loop and the demo use it.
+
+Every answer comes back as the type the route declares (:mod:`edgeloop.server.schemas`), so a
+caller reads ``report.latency.p95_ms``, never ``report["latency"]["p95_ms"]``.
+
+Invariants:
+- Imports nothing heavier than the wire protocol, pydantic and requests: an operator's laptop
+  needs neither the server's database stack nor torch. Reading an ONNX file's I/O contract
+  (:func:`card_from_onnx`) imports onnxruntime inside the function.
+- Every failure is an :class:`ApiError`: the server refused (``status`` is its HTTP status),
+  could not be reached, or answered something outside the contract (a server of another
+  version); the message says which.
+"""
 
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import requests
+from pydantic import BaseModel, TypeAdapter, ValidationError
 
-from edgeloop.compressor.report import BuiltModel
+from .schemas import (
+    ArtifactPublic,
+    CalibrationPublic,
+    CalibrationPut,
+    DeviceDetail,
+    DevicePublic,
+    FleetEntry,
+    Health,
+    LoopDecisionCreate,
+    LoopDecisionPublic,
+    ModelCard,
+    ModelCreate,
+    ModelFigures,
+    ModelPublic,
+    Page,
+    ReportRecord,
+    Retention,
+    Retired,
+    RolloutCreate,
+    RolloutStatus,
+    RolloutSummary,
+    TelemetrySample,
+)
+
+__all__ = ["ApiClient", "ApiError", "card_from_onnx"]
+
+T = TypeVar("T")
+Item = TypeVar("Item", bound=BaseModel)
 
 
 class ApiError(RuntimeError):
@@ -27,6 +68,11 @@ class ApiClient:
         self.http = requests.Session()
 
     def _call(self, method: str, path: str, **kwargs: Any) -> Any:
+        """The answer's JSON (None for an empty body).
+
+        Raises:
+            ApiError: unreachable, an HTTP error status (``status`` set), or not JSON.
+        """
         try:
             response = self.http.request(
                 method, self.base_url + path, timeout=self.timeout_s, **kwargs
@@ -43,182 +89,236 @@ class ApiClient:
             raise ApiError(
                 f"{method} {path}: HTTP {response.status_code}: {detail}", response.status_code
             )
-        return response.json() if response.content else None
+        try:
+            return response.json() if response.content else None
+        except ValueError:
+            raise ApiError(
+                f"{method} {path}: the answer is not JSON: {response.text[:200]!r}"
+            ) from None
 
-    def health(self) -> dict[str, Any]:
-        return self._call("GET", "/healthz")
+    def _typed(self, kind: type[T], method: str, path: str, **kwargs: Any) -> T:
+        """:meth:`_call`, the answer parsed as ``kind``.
 
-    def upload_artifact(self, path: Path) -> dict[str, Any]:
+        Raises:
+            ApiError: as :meth:`_call`, or the answer is not a ``kind``.
+        """
+        answer = self._call(method, path, **kwargs)
+        try:
+            return TypeAdapter(kind).validate_python(answer)
+        except ValidationError as exc:
+            raise ApiError(
+                f"{method} {path}: the answer is not the {_name(kind)} this client expects "
+                f"(is the server another edgeloop version?): {exc}"
+            ) from None
+
+    def _all(self, item: type[Item], path: str, params: dict[str, Any]) -> list[Item]:
+        """Every item of a paged list, following ``offset`` until ``total`` is reached."""
+        # A pydantic generic parametrized at run time, which mypy cannot follow.
+        page_type: type[Page[Item]] = Page[item]  # type: ignore[valid-type]
+        items: list[Item] = []
+        while True:
+            params = {**params, "limit": 1000, "offset": len(items)}
+            page = self._typed(page_type, "GET", path, params=params)
+            items.extend(page.items)
+            if not page.items or len(items) >= page.total:
+                return items
+
+    def health(self) -> Health:
+        return self._typed(Health, "GET", "/healthz")
+
+    # ------------------------------------------------------------------ models
+
+    def upload_artifact(self, path: Path) -> ArtifactPublic:
         sha256 = hashlib.sha256(path.read_bytes()).hexdigest()
         with path.open("rb") as body:
-            return self._call("PUT", f"/api/v1/artifacts/{sha256}", data=body)
+            return self._typed(ArtifactPublic, "PUT", f"/api/v1/artifacts/{sha256}", data=body)
 
-    def push_model(self, model: BuiltModel, *, plan: bool = True) -> dict[str, Any]:
-        """Upload a compressor output (model and golden file), then register the version.
+    def push_model(
+        self, card: ModelCard, model_path: Path, golden_path: Path, *, plan: bool = True
+    ) -> ModelPublic:
+        """Upload a model file and its golden file, then register them as ``card`` says.
 
         ``plan=False`` registers without re-planning the fleet, so several candidates of one
         round can be registered before :meth:`plan` picks among all of them.
+
+        Raises:
+            ApiError: 409 if ``name:version`` exists (versions are immutable), 422 for a card
+                the server refuses; or as :meth:`_call`.
         """
-        artifact = self.upload_artifact(model.model_path)
-        golden = self.upload_artifact(model.golden_path)
-        return self._call(
+        artifact = self.upload_artifact(model_path)
+        golden = self.upload_artifact(golden_path)
+        body = ModelCreate(
+            **card.model_dump(include=set(ModelCard.model_fields)),
+            artifact_sha256=artifact.sha256,
+            golden_sha256=golden.sha256,
+        )
+        return self.register_model(body, plan=plan)
+
+    def register_model(self, body: ModelCreate, *, plan: bool = True) -> ModelPublic:
+        """Register a version whose files were uploaded already (:meth:`push_model` does both)."""
+        return self._typed(
+            ModelPublic,
             "POST",
             "/api/v1/models",
             params={"plan": str(plan).lower()},
-            json={
-                "name": model.name,
-                "version": model.version,
-                "artifact_sha256": artifact["sha256"],
-                "golden_sha256": golden["sha256"],
-                "inputs": [s.model_dump() for s in model.inputs],
-                "outputs": [s.model_dump() for s in model.outputs],
-                "golden_atol": model.report.golden_atol,
-                "report": model.report.model_dump(mode="json"),
-            },
+            json=body.model_dump(mode="json"),
         )
 
-    def models(self, *, include_retired: bool = False) -> list[dict[str, Any]]:
+    def models(self, *, include_retired: bool = False) -> list[ModelPublic]:
         """Every model version (all pages), oldest first."""
-        return self._all(
-            "/api/v1/models", {"include_retired": str(include_retired).lower()}, page=1000
-        )
+        params = {"include_retired": str(include_retired).lower()}
+        return self._all(ModelPublic, "/api/v1/models", params)
 
-    def push_files(
-        self,
-        model_path: Path,
-        golden_path: Path,
-        *,
-        name: str,
-        version: str,
-        report: dict[str, Any],
-        plan: bool = True,
-    ) -> dict[str, Any]:
-        """Upload an ONNX file and its golden npz and register them as ``name:version``.
-
-        The I/O contract is read from the file with onnxruntime (no onnx package needed on
-        an operator's machine); ``report`` must carry at least ``accuracy``.
-        """
-        if "accuracy" not in report:
-            raise ApiError("the report has no `accuracy`: the planner ranks versions by it")
-        inputs, outputs = _io_specs(model_path)
-        artifact = self.upload_artifact(model_path)
-        golden = self.upload_artifact(golden_path)
-        report = {"size_bytes": model_path.stat().st_size, **report}
-        return self.register_model(
-            {
-                "name": name,
-                "version": version,
-                "artifact_sha256": artifact["sha256"],
-                "golden_sha256": golden["sha256"],
-                "inputs": inputs,
-                "outputs": outputs,
-                "golden_atol": report.get("golden_atol", 1e-3),
-                "report": report,
-            },
-            plan=plan,
-        )
-
-    def retire_model(self, label: str) -> dict[str, Any]:
+    def retire_model(self, label: str) -> ModelPublic:
         name, version = _split_label(label)
-        return self._call("POST", f"/api/v1/models/{name}/{version}/retire")
+        return self._typed(ModelPublic, "POST", f"/api/v1/models/{name}/{version}/retire")
 
-    def apply_retention(self, keep: int, name: str | None = None) -> dict[str, Any]:
-        return self._call("POST", "/api/v1/models/retention", json={"keep": keep, "name": name})
+    def apply_retention(self, keep: int, name: str | None = None) -> Retired:
+        body = Retention(keep=keep, name=name)
+        return self._typed(Retired, "POST", "/api/v1/models/retention", json=body.model_dump())
 
     # ------------------------------------------------------------------ devices
 
     def devices(
         self, *, profile: str | None = None, tags: list[str] | None = None,
         online: bool | None = None,
-    ) -> list[dict[str, Any]]:  # fmt: skip
+    ) -> list[DevicePublic]:  # fmt: skip
         """Every registered device matching the filters (all pages)."""
         params: dict[str, Any] = {"tag": tags or []}
         if profile:
             params["profile"] = profile
         if online is not None:
             params["online"] = str(online).lower()
-        return self._all("/api/v1/devices", params, page=1000)
+        return self._all(DevicePublic, "/api/v1/devices", params)
 
-    def device(self, device_id: str) -> dict[str, Any]:
-        return self._call("GET", f"/api/v1/devices/{device_id}")
+    def device(self, device_id: str) -> DeviceDetail:
+        return self._typed(DeviceDetail, "GET", f"/api/v1/devices/{device_id}")
 
     def telemetry(
         self, device_id: str, *, since: str | None = None, limit: int = 100, offset: int = 0
-    ) -> dict[str, Any]:
+    ) -> Page[TelemetrySample]:
+        """One page of a device's telemetry, newest first."""
         params: dict[str, Any] = {"limit": limit, "offset": offset}
         if since:
             params["since"] = since
-        return self._call("GET", f"/api/v1/devices/{device_id}/telemetry", params=params)
+        return self._typed(
+            Page[TelemetrySample], "GET", f"/api/v1/devices/{device_id}/telemetry", params=params
+        )
 
-    def device_reports(self, device_id: str, *, limit: int = 50) -> list[dict[str, Any]]:
+    def device_reports(self, device_id: str, *, limit: int = 50) -> list[ReportRecord]:
         """A device's update reports, newest first."""
-        return self._call("GET", f"/api/v1/devices/{device_id}/reports", params={"limit": limit})
+        return self._typed(
+            list[ReportRecord],
+            "GET",
+            f"/api/v1/devices/{device_id}/reports",
+            params={"limit": limit},
+        )
+
+    def reports(
+        self, *, profile: str | None = None, model: str | None = None, latest: bool = False
+    ) -> list[ReportRecord]:
+        """The fleet's reports, newest first (all pages): of devices of ``profile``, on
+        ``model`` (``name:version``); ``latest``: only each device's newest one of those."""
+        params: dict[str, Any] = {"latest": str(latest).lower()}
+        if profile is not None:
+            params["profile"] = profile
+        if model is not None:
+            params["model"] = model
+        return self._all(ReportRecord, "/api/v1/reports", params)
+
+    def plan(self) -> list[FleetEntry]:
+        """Re-plan every device now; the fleet as it stands after."""
+        return self._typed(list[FleetEntry], "POST", "/api/v1/fleet/plan")
+
+    def fleet(self) -> list[FleetEntry]:
+        return self._typed(list[FleetEntry], "GET", "/api/v1/fleet")
 
     # ------------------------------------------------------------------ loop
 
-    def record_decision(self, decision: dict[str, Any]) -> dict[str, Any]:
-        return self._call("POST", "/api/v1/loop/decisions", json=decision)
-
-    def decisions(self, *, loop: str | None = None) -> list[dict[str, Any]]:
-        """The loop's decisions, oldest first (all pages)."""
-        return self._all("/api/v1/loop/decisions", {"loop": loop} if loop else {}, page=1000)
-
-    def put_calibration(
-        self, profile: str, calibration: dict[str, Any], observations: int
-    ) -> dict[str, Any]:
-        return self._call(
-            "PUT",
-            f"/api/v1/calibrations/{profile}",
-            json={"calibration": calibration, "observations": observations},
+    def record_decision(self, decision: LoopDecisionCreate) -> LoopDecisionPublic:
+        return self._typed(
+            LoopDecisionPublic,
+            "POST",
+            "/api/v1/loop/decisions",
+            json=decision.model_dump(mode="json"),
         )
 
-    def calibrations(self) -> list[dict[str, Any]]:
-        return self._call("GET", "/api/v1/calibrations")
+    def decisions(self, *, loop: str | None = None) -> list[LoopDecisionPublic]:
+        """The loop's decisions, oldest first (all pages)."""
+        return self._all(
+            LoopDecisionPublic, "/api/v1/loop/decisions", {"loop": loop} if loop else {}
+        )
 
-    def _all(self, path: str, params: dict[str, Any], *, page: int) -> list[dict[str, Any]]:
-        items: list[dict[str, Any]] = []
-        while True:
-            answer = self._call("GET", path, params={**params, "limit": page, "offset": len(items)})
-            items.extend(answer["items"])
-            if not answer["items"] or len(items) >= answer["total"]:
-                return items
+    def put_calibration(
+        self, profile: str, calibration: Mapping[str, Any], observations: int
+    ) -> CalibrationPublic:
+        body = CalibrationPut(calibration=dict(calibration), observations=observations)
+        return self._typed(
+            CalibrationPublic,
+            "PUT",
+            f"/api/v1/calibrations/{profile}",
+            json=body.model_dump(mode="json"),
+        )
 
-    def plan(self) -> list[dict[str, Any]]:
-        return self._call("POST", "/api/v1/fleet/plan")
-
-    def fleet(self) -> list[dict[str, Any]]:
-        return self._call("GET", "/api/v1/fleet")
-
-    def register_model(self, body: dict[str, Any], *, plan: bool = True) -> dict[str, Any]:
-        """Register a version whose files were uploaded already (``ModelCreate`` fields)."""
-        return self._call("POST", "/api/v1/models", params={"plan": str(plan).lower()}, json=body)
+    def calibrations(self) -> list[CalibrationPublic]:
+        return self._typed(list[CalibrationPublic], "GET", "/api/v1/calibrations")
 
     # ------------------------------------------------------------------ rollouts
 
-    def create_rollout(
-        self,
-        model: str,
-        *,
-        target: dict[str, Any] | None = None,
-        waves: list[str] | None = None,
-        criteria: dict[str, Any] | None = None,
-    ) -> dict[str, Any]:
-        body: dict[str, Any] = {"model": model, "target": target or {}}
-        if waves is not None:
-            body["waves"] = waves
-        if criteria is not None:
-            body["criteria"] = criteria
-        return self._call("POST", "/api/v1/rollouts", json=body)
+    def create_rollout(self, request: RolloutCreate) -> RolloutStatus:
+        return self._typed(
+            RolloutStatus, "POST", "/api/v1/rollouts", json=request.model_dump(mode="json")
+        )
 
-    def rollout(self, rollout_id: int) -> dict[str, Any]:
-        return self._call("GET", f"/api/v1/rollouts/{rollout_id}")
+    def rollout(self, rollout_id: int) -> RolloutStatus:
+        return self._typed(RolloutStatus, "GET", f"/api/v1/rollouts/{rollout_id}")
 
-    def rollouts(self, *, limit: int = 50, offset: int = 0) -> dict[str, Any]:
-        return self._call("GET", "/api/v1/rollouts", params={"limit": limit, "offset": offset})
+    def rollouts(self, *, limit: int = 50, offset: int = 0) -> Page[RolloutSummary]:
+        """One page of rollouts, newest first."""
+        return self._typed(
+            Page[RolloutSummary],
+            "GET",
+            "/api/v1/rollouts",
+            params={"limit": limit, "offset": offset},
+        )
 
-    def rollout_action(self, rollout_id: int, action: str) -> dict[str, Any]:
+    def rollout_action(self, rollout_id: int, action: str) -> RolloutStatus:
         """``action``: pause, resume, cancel or rollback."""
-        return self._call("POST", f"/api/v1/rollouts/{rollout_id}/{action}")
+        return self._typed(RolloutStatus, "POST", f"/api/v1/rollouts/{rollout_id}/{action}")
+
+
+def card_from_onnx(
+    model_path: Path, *, name: str, version: str, figures: ModelFigures
+) -> ModelCard:
+    """A card for an ONNX file that came without one (``edgeloop models push FILE --report R``,
+    the loop's candidates).
+
+    The I/O contract is read from the file with onnxruntime, as a device will load it (no
+    ``onnx`` package needed). ``figures`` without ``size_bytes`` get the file's size; the
+    golden tolerance is theirs when they carry one.
+
+    Raises:
+        ApiError: onnxruntime cannot load the file, or a tensor has a type no device can feed.
+    """
+    from edgeloop.agent.errors import GateError
+    from edgeloop.agent.runtime import host_profile, io_specs, open_session
+
+    try:
+        inputs, outputs = io_specs(open_session(model_path, host_profile(1)))
+    except GateError as exc:
+        raise ApiError(f"{model_path} is not a model onnxruntime can load: {exc}") from None
+    except ValueError as exc:
+        raise ApiError(f"{model_path}: {exc}") from None
+    if figures.size_bytes is None:
+        figures = figures.model_copy(update={"size_bytes": model_path.stat().st_size})
+    return ModelCard(
+        name=name,
+        version=version,
+        inputs=inputs,
+        outputs=outputs,
+        golden_atol=1e-3 if figures.golden_atol is None else figures.golden_atol,
+        report=figures,
+    )
 
 
 def _split_label(label: str) -> tuple[str, str]:
@@ -228,31 +328,5 @@ def _split_label(label: str) -> tuple[str, str]:
     return name, version
 
 
-_ORT_DTYPES = {
-    "tensor(float)": "float32",
-    "tensor(float16)": "float16",
-    "tensor(double)": "float64",
-    "tensor(int64)": "int64",
-    "tensor(int32)": "int32",
-    "tensor(int8)": "int8",
-    "tensor(uint8)": "uint8",
-    "tensor(bool)": "bool",
-}
-
-
-def _io_specs(model_path: Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    import onnxruntime as ort
-
-    try:
-        session = ort.InferenceSession(str(model_path), providers=["CPUExecutionProvider"])
-    except Exception as exc:  # onnxruntime raises bare RuntimeError subclasses
-        raise ApiError(f"{model_path} is not a model onnxruntime can load: {exc}") from None
-
-    def spec(arg: Any) -> dict[str, Any]:
-        dtype = _ORT_DTYPES.get(arg.type)
-        if dtype is None:
-            raise ApiError(f"{model_path}: tensor {arg.name!r} has unsupported type {arg.type}")
-        shape = [d if isinstance(d, int) else (d or "?") for d in arg.shape]
-        return {"name": arg.name, "dtype": dtype, "shape": shape}
-
-    return [spec(a) for a in session.get_inputs()], [spec(a) for a in session.get_outputs()]
+def _name(kind: Any) -> str:
+    return getattr(kind, "__name__", None) or str(kind)

@@ -10,7 +10,6 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Any
 
 from sqlalchemy import event, select
 from sqlalchemy.orm import Session, sessionmaker
@@ -21,6 +20,7 @@ from edgeloop.agent.protocol import (
     FileRef,
     Hello,
     ModelManifest,
+    Phase,
     Report,
     Status,
     Telemetry,
@@ -29,6 +29,7 @@ from edgeloop.agent.protocol import (
 
 from .models import Artifact, DesiredState, Device, DeviceReport, ModelVersion, TelemetrySample
 from .planner import Candidate, choose_model
+from .schemas import STORED, FleetEntry, ModelCreate, ModelFigures, ReportRecord
 
 log = logging.getLogger("edgeloop.server.fleet")
 
@@ -117,20 +118,7 @@ class Fleet:
 
     # ------------------------------------------------------------------ models
 
-    def register_model(
-        self,
-        *,
-        name: str,
-        version: str,
-        artifact_sha256: str,
-        golden_sha256: str,
-        inputs: list[TensorSpec],
-        outputs: list[TensorSpec],
-        golden_atol: float,
-        golden_rtol: float,
-        report: dict[str, Any],
-        plan: bool = True,
-    ) -> ModelVersion:
+    def register_model(self, card: ModelCreate, *, plan: bool = True) -> ModelVersion:
         """Register a model version whose files are already uploaded, then re-plan the fleet
         (unless ``plan`` is false, e.g. while registering several candidates of one round).
 
@@ -139,26 +127,26 @@ class Fleet:
             ValueError: ``name:version`` exists already (versions are immutable).
         """
         with self.sessions.begin() as db:
-            for sha in (artifact_sha256, golden_sha256):
+            for sha in (card.artifact_sha256, card.golden_sha256):
                 if db.get(Artifact, sha) is None:
                     raise UnknownArtifactError(f"artifact {sha} is not uploaded; PUT it first")
             exists = db.scalar(
                 select(ModelVersion).where(
-                    ModelVersion.name == name, ModelVersion.version == version
+                    ModelVersion.name == card.name, ModelVersion.version == card.version
                 )
             )
             if exists is not None:
-                raise ValueError(f"model {name}:{version} exists; versions are immutable")
+                raise ValueError(f"model {card.name}:{card.version} exists; versions are immutable")
             model = ModelVersion(
-                name=name,
-                version=version,
-                artifact_sha256=artifact_sha256,
-                golden_sha256=golden_sha256,
-                inputs=[s.model_dump() for s in inputs],
-                outputs=[s.model_dump() for s in outputs],
-                golden_atol=golden_atol,
-                golden_rtol=golden_rtol,
-                report=report,
+                name=card.name,
+                version=card.version,
+                artifact_sha256=card.artifact_sha256,
+                golden_sha256=card.golden_sha256,
+                inputs=[s.model_dump() for s in card.inputs],
+                outputs=[s.model_dump() for s in card.outputs],
+                golden_atol=card.golden_atol,
+                golden_rtol=card.golden_rtol,
+                report=card.report.model_dump(mode="json"),
             )
             db.add(model)
         if plan:
@@ -286,7 +274,7 @@ class Fleet:
 
     # ------------------------------------------------------------------ queries
 
-    def fleet_summary(self) -> list[dict[str, Any]]:
+    def fleet_summary(self) -> list[FleetEntry]:
         """One row per device: profile, desired model, latest report. Feeds tables and JSON."""
         rows = []
         with self.sessions() as db:
@@ -304,19 +292,26 @@ class Fleet:
                     .limit(1)
                 )
                 rows.append(
-                    {
-                        "device_id": device.id,
-                        "profile": device.profile,
-                        "online": device.online,
-                        "phase": device.phase,
-                        "desired_revision": state.revision if state else None,
-                        "desired_model": desired.label if desired else None,
-                        "desired_reason": state.reason if state else None,
-                        "model_report": desired.report if desired else None,
-                        "report": report.payload if report else None,
-                    }
+                    FleetEntry(
+                        device_id=device.id,
+                        profile=DeviceProfile.model_validate(device.profile),
+                        online=device.online,
+                        phase=Phase(device.phase),
+                        desired_revision=state.revision if state else None,
+                        desired_model=desired.label if desired else None,
+                        desired_reason=state.reason if state else None,
+                        model_report=ModelFigures.model_validate(desired.report, context=STORED)
+                        if desired
+                        else None,
+                        report=report_record(report) if report else None,
+                    )
                 )
         return rows
+
+
+def report_record(row: DeviceReport) -> ReportRecord:
+    """A stored report as the API answers it: the device's message, and when it arrived."""
+    return ReportRecord.model_validate(row.payload | {"received_at": row.received_at})
 
 
 def _candidate(model: ModelVersion) -> Candidate:

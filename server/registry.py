@@ -1,21 +1,32 @@
-"""Read side of the registry (devices, telemetry) and model retention, for the REST API.
+"""Read side of the registry (devices, reports, telemetry) and model retention, for the REST
+API.
 
-Keyword-only functions over a session, returning plain rows the routes turn into JSON. Pages
-are ``(total, items)`` so every list endpoint answers ``{total, limit, offset, items}``.
+Keyword-only functions over a session, answering the API's own types
+(:mod:`edgeloop.server.schemas`); a list answers a :class:`~edgeloop.server.schemas.Page`.
 """
 
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import ColumnElement, func, select
 from sqlalchemy.orm import Session
 
+from edgeloop.agent.protocol import DeviceProfile, Phase
+
+from .fleet import report_record
 from .models import DesiredState, Device, DeviceReport, ModelVersion, Rollout, TelemetrySample
 from .rollouts import ACTIVE
-
-Page = tuple[int, list[dict[str, Any]]]
+from .schemas import (
+    DesiredPublic,
+    DeviceDetail,
+    DevicePublic,
+    Page,
+    ReportRecord,
+)
+from .schemas import (
+    TelemetrySample as TelemetrySamplePublic,
+)
 
 
 class RetentionError(ValueError):
@@ -31,40 +42,31 @@ def as_utc(moment: datetime | None) -> datetime | None:
     return None if moment is None else _aware(moment)
 
 
-def iso_utc(moment: datetime) -> str:
-    """ISO 8601 with the zone (UTC), whatever the database handed back."""
-    return _aware(moment).isoformat()
-
-
-def _iso(moment: datetime | None) -> str | None:
-    return None if moment is None else iso_utc(moment)
-
-
-def device_row(db: Session, device: Device) -> dict[str, Any]:
+def device_row(db: Session, device: Device) -> DevicePublic:
     state = db.get(DesiredState, device.id)
     desired = (
         db.get(ModelVersion, state.model_version_id) if state and state.model_version_id else None
     )
-    return {
-        "device_id": device.id,
-        "profile": device.profile,
-        "tags": device.tags,
-        "online": device.online,
-        "phase": device.phase,
-        "agent_version": device.agent_version,
-        "current_model": device.current_model,
-        "previous_model": device.previous_model,
-        "first_seen": _iso(device.first_seen),
-        "last_seen": _iso(device.last_seen),
-        "desired": {
-            "revision": state.revision,
-            "model": desired.label if desired else None,
-            "reason": state.reason,
-            "source": state.source,
-        }
+    return DevicePublic(
+        device_id=device.id,
+        profile=DeviceProfile.model_validate(device.profile),
+        tags=device.tags,
+        online=device.online,
+        phase=Phase(device.phase),
+        agent_version=device.agent_version,
+        current_model=device.current_model,
+        previous_model=device.previous_model,
+        first_seen=device.first_seen,
+        last_seen=device.last_seen,
+        desired=DesiredPublic(
+            revision=state.revision,
+            model=desired.label if desired else None,
+            reason=state.reason,
+            source=state.source,
+        )
         if state
         else None,
-    }
+    )
 
 
 def list_devices(
@@ -75,30 +77,33 @@ def list_devices(
     online: bool | None = None,
     limit: int = 50,
     offset: int = 0,
-) -> Page:
+) -> Page[DevicePublic]:
     """Devices by id. ``tags``: a device must carry all of them (matched in Python: JSON
     containment differs between SQLite and PostgreSQL, and tag sets are small)."""
     query = select(Device).order_by(Device.id)
     if profile is not None:
-        query = query.where(Device.profile["name"].as_string() == profile)
+        query = query.where(_profile_is(profile))
     if online is not None:
         query = query.where(Device.online.is_(online))
     devices = list(db.scalars(query))
     if tags:
         wanted = set(tags)
         devices = [d for d in devices if wanted <= set(d.tags or [])]
-    return len(devices), [device_row(db, d) for d in devices[offset : offset + limit]]
+    items = [device_row(db, d) for d in devices[offset : offset + limit]]
+    return Page[DevicePublic](total=len(devices), limit=limit, offset=offset, items=items)
 
 
-def device_detail(db: Session, device_id: str) -> dict[str, Any]:
+def _profile_is(name: str) -> ColumnElement[bool]:
+    return Device.profile["name"].as_string() == name
+
+
+def device_detail(db: Session, device_id: str) -> DeviceDetail:
     """One device with its latest report and latest telemetry sample.
 
     Raises:
         LookupError: no such device.
     """
-    device = db.get(Device, device_id)
-    if device is None:
-        raise LookupError(f"no device {device_id!r}; `edgeloop devices ls` lists them")
+    device = _device(db, device_id)
     report = db.scalar(
         select(DeviceReport)
         .where(DeviceReport.device_id == device_id)
@@ -111,10 +116,66 @@ def device_detail(db: Session, device_id: str) -> dict[str, Any]:
         .order_by(TelemetrySample.sent_at.desc(), TelemetrySample.id.desc())
         .limit(1)
     )
-    return device_row(db, device) | {
-        "latest_report": report.payload if report else None,
-        "latest_telemetry": sample.payload if sample else None,
-    }
+    return DeviceDetail(
+        **device_row(db, device).model_dump(),
+        latest_report=report_record(report) if report else None,
+        latest_telemetry=TelemetrySamplePublic.model_validate(sample.payload) if sample else None,
+    )
+
+
+def _device(db: Session, device_id: str) -> Device:
+    device = db.get(Device, device_id)
+    if device is None:
+        raise LookupError(f"no device {device_id!r}; `edgeloop devices ls` lists them")
+    return device
+
+
+def device_reports(db: Session, device_id: str, *, limit: int = 50) -> list[ReportRecord]:
+    """A device's reports, newest first.
+
+    Raises:
+        LookupError: no such device.
+    """
+    _device(db, device_id)
+    rows = db.scalars(
+        select(DeviceReport)
+        .where(DeviceReport.device_id == device_id)
+        .order_by(DeviceReport.id.desc())
+        .limit(limit)
+    )
+    return [report_record(r) for r in rows]
+
+
+def reports(
+    db: Session,
+    *,
+    profile: str | None = None,
+    model: str | None = None,
+    latest: bool = False,
+    limit: int = 100,
+    offset: int = 0,
+) -> Page[ReportRecord]:
+    """Reports of the fleet, newest first: of devices of ``profile``, on ``model``
+    (``name:version``). ``latest``: only each device's newest report among those, so a device
+    class's figures for one model are one query, whatever the class's size."""
+    where: list[ColumnElement[bool]] = []
+    if profile is not None:
+        where.append(DeviceReport.device_id.in_(select(Device.id).where(_profile_is(profile))))
+    if model is not None:
+        where.append(DeviceReport.model == model)
+    if latest:
+        newest = select(func.max(DeviceReport.id)).where(*where).group_by(DeviceReport.device_id)
+        where = [DeviceReport.id.in_(newest)]
+    total = db.scalar(select(func.count()).select_from(DeviceReport).where(*where)) or 0
+    rows = db.scalars(
+        select(DeviceReport)
+        .where(*where)
+        .order_by(DeviceReport.id.desc())
+        .limit(limit)
+        .offset(offset)
+    )
+    items = [report_record(r) for r in rows]
+    return Page[ReportRecord](total=total, limit=limit, offset=offset, items=items)
 
 
 def telemetry(
@@ -125,14 +186,13 @@ def telemetry(
     until: datetime | None = None,
     limit: int = 100,
     offset: int = 0,
-) -> Page:
+) -> Page[TelemetrySamplePublic]:
     """A device's telemetry samples, newest first, optionally within [since, until).
 
     Raises:
         LookupError: no such device.
     """
-    if db.get(Device, device_id) is None:
-        raise LookupError(f"no device {device_id!r}; `edgeloop devices ls` lists them")
+    _device(db, device_id)
     where = [TelemetrySample.device_id == device_id]
     if since is not None:
         where.append(TelemetrySample.sent_at >= _naive_utc(since, db))
@@ -146,7 +206,8 @@ def telemetry(
         .limit(limit)
         .offset(offset)
     )
-    return total, [r.payload for r in rows]
+    items = [TelemetrySamplePublic.model_validate(r.payload) for r in rows]
+    return Page[TelemetrySamplePublic](total=total, limit=limit, offset=offset, items=items)
 
 
 def _naive_utc(moment: datetime, db: Session) -> datetime:

@@ -25,43 +25,29 @@ import logging
 import math
 import threading
 from datetime import UTC, datetime
-from enum import StrEnum
-from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from .fleet import Fleet
 from .models import DesiredState, Device, DeviceReport, ModelVersion, Rollout, RolloutDevice
+from .schemas import (
+    Criteria,
+    Page,
+    RolloutCreate,
+    RolloutDeviceStatus,
+    RolloutState,
+    RolloutStatus,
+    RolloutSummary,
+    Step,
+    Target,
+    WaveStatus,
+)
 
 log = logging.getLogger("edgeloop.server.rollouts")
 
 
-class RolloutState(StrEnum):
-    RUNNING = "running"
-    PAUSED = "paused"
-    HALTED = "halted"
-    COMPLETED = "completed"
-    CANCELLED = "cancelled"
-    ROLLED_BACK = "rolled_back"
-
-
 ACTIVE = (RolloutState.RUNNING, RolloutState.PAUSED, RolloutState.HALTED)
-
-
-class Step(StrEnum):
-    """A device's part in one rollout."""
-
-    PENDING = "pending"  # its wave has not started
-    SENT = "sent"  # new desired revision published; waiting for its report
-    COMMITTED = "committed"
-    FAILED = "failed"  # the device refused or rolled back the model (report says why)
-    TIMED_OUT = "timed_out"  # no report within the wave's timeout (offline, stuck)
-    SUPERSEDED = "superseded"  # a newer rollout took the device
-    ROLLED_BACK = "rolled_back"  # sent its previous model by an operator rollback
-
-
 ENDED = (Step.COMMITTED, Step.FAILED, Step.TIMED_OUT, Step.SUPERSEDED, Step.ROLLED_BACK)
 
 
@@ -69,67 +55,13 @@ class RolloutError(ValueError):
     """An operator request that cannot be done; the message says why (HTTP 409/422)."""
 
 
-class Target(BaseModel):
-    """Which devices: all conditions must hold; an empty target is the whole fleet."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    profile: str | None = Field(default=None, description="device profile name")
-    tags: list[str] = Field(default_factory=list, description="devices carrying all of these")
-    devices: list[str] | None = Field(default=None, description="explicit device ids")
-
-    def matches(self, device: Device) -> bool:
-        if self.devices is not None and device.id not in self.devices:
-            return False
-        if self.profile is not None and device.profile.get("name") != self.profile:
-            return False
-        return set(self.tags) <= set(device.tags or [])
-
-
-class Criteria(BaseModel):
-    """What a wave must achieve before the next one starts."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    wave_timeout_s: float = Field(default=900, gt=0, description="a device silent this long fails")
-    max_failure_rate: float = Field(
-        default=0.0, ge=0, le=1, description="failed+timed out share of a wave that halts it"
-    )
-    require_within_budget: bool = Field(
-        default=True, description="a report over the profile's latency/memory budget is a failure"
-    )
-    max_power_w: float | None = Field(
-        default=None, gt=0, description="a report drawing more average power is a failure"
-    )
-
-
-class RolloutCreate(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    model: str = Field(description="`name:version` of a registered model")
-    target: Target = Field(default_factory=Target)
-    waves: list[str] = Field(
-        default_factory=lambda: ["10%", "50%", "100%"],
-        min_length=1,
-        description='cumulative shares ("10%") or device counts ("3") per wave',
-    )
-    criteria: Criteria = Field(default_factory=Criteria)
-
-    @field_validator("waves")
-    @classmethod
-    def _waves_parse(cls, waves: list[str]) -> list[str]:
-        for wave in waves:
-            text = wave.strip()
-            number = text[:-1] if text.endswith("%") else text
-            try:
-                value = float(number)
-            except ValueError:
-                raise ValueError(
-                    f"wave {wave!r} is neither a share like '10%' nor a count"
-                ) from None
-            if value <= 0 or (text.endswith("%") and value > 100):
-                raise ValueError(f"wave {wave!r} must be in (0%, 100%] or a positive count")
-        return waves
+def matches(target: Target, device: Device) -> bool:
+    """Whether ``device`` is one of the devices ``target`` describes."""
+    if target.devices is not None and device.id not in target.devices:
+        return False
+    if target.profile is not None and device.profile.get("name") != target.profile:
+        return False
+    return set(target.tags) <= set(device.tags or [])
 
 
 def wave_sizes(waves: list[str], total: int) -> list[int]:
@@ -220,7 +152,7 @@ class RolloutController:
             devices = [
                 d
                 for d in db.scalars(select(Device).order_by(Device.id))
-                if request.target.matches(d)
+                if matches(request.target, d)
             ]
             if not devices:
                 raise RolloutError(f"no device matches the target {request.target.model_dump()}")
@@ -395,7 +327,7 @@ class RolloutController:
         target = Target.model_validate(rollout.target)
         enlisted = {p.device_id for p in self._parts(db, rollout.id)}
         for device in db.scalars(select(Device).order_by(Device.id)):
-            if device.id not in enlisted and target.matches(device):
+            if device.id not in enlisted and matches(target, device):
                 state = db.get(DesiredState, device.id)
                 if state is not None and state.source.startswith("rollout:"):
                     continue  # another rollout owns it; the newer one already decided
@@ -433,53 +365,61 @@ class RolloutController:
 
     # ------------------------------------------------------------------ queries
 
-    def status(self, rollout_id: int) -> dict[str, Any]:
+    def status(self, rollout_id: int) -> RolloutStatus:
+        """One rollout with every device's step.
+
+        Raises:
+            LookupError: no such rollout.
+        """
         with self.fleet.sessions() as db:
             rollout = self._get(db, rollout_id)
-            return self._describe(db, rollout)
+            parts = self._parts(db, rollout.id)
+            return RolloutStatus(
+                **self._summary(db, rollout, parts).model_dump(),
+                devices=[
+                    RolloutDeviceStatus(
+                        device_id=p.device_id,
+                        wave=p.wave + 1,
+                        step=Step(p.step),
+                        revision=p.sent_revision,
+                        detail=p.detail,
+                    )
+                    for p in parts
+                ],
+            )
 
-    def list(self, *, limit: int = 50, offset: int = 0) -> tuple[int, list[dict[str, Any]]]:
+    def page(self, *, limit: int = 50, offset: int = 0) -> Page[RolloutSummary]:
+        """Newest first."""
         with self.fleet.sessions() as db:
-            total = len(list(db.scalars(select(Rollout.id))))
+            total = db.scalar(select(func.count()).select_from(Rollout)) or 0
             rows = db.scalars(
                 select(Rollout).order_by(Rollout.id.desc()).limit(limit).offset(offset)
             )
-            return total, [self._describe(db, r, devices=False) for r in rows]
+            items = [self._summary(db, r, self._parts(db, r.id)) for r in rows]
+        return Page[RolloutSummary](total=total, limit=limit, offset=offset, items=items)
 
-    def _describe(self, db: Session, rollout: Rollout, devices: bool = True) -> dict[str, Any]:
+    def _summary(self, db: Session, rollout: Rollout, parts: list[RolloutDevice]) -> RolloutSummary:
         model = db.get(ModelVersion, rollout.model_version_id)
-        parts = self._parts(db, rollout.id)
+        assert model is not None  # a foreign key; versions are retired, never deleted
         waves = []
         for index, size in enumerate(rollout.waves):
-            in_wave = [p for p in parts if p.wave == index]
-            counts: dict[str, int] = {}
-            for part in in_wave:
-                counts[part.step] = counts.get(part.step, 0) + 1
-            waves.append({"wave": index + 1, "cumulative_size": size, "steps": counts})
-        described: dict[str, Any] = {
-            "id": rollout.id,
-            "model": model.label if model else None,
-            "state": rollout.state,
-            "current_wave": rollout.current_wave + 1,
-            "waves": waves,
-            "target": rollout.target,
-            "criteria": rollout.criteria,
-            "reason": rollout.reason,
-            "created_at": rollout.created_at.isoformat(),
-            "updated_at": rollout.updated_at.isoformat(),
-        }
-        if devices:
-            described["devices"] = [
-                {
-                    "device_id": p.device_id,
-                    "wave": p.wave + 1,
-                    "step": p.step,
-                    "revision": p.sent_revision,
-                    "detail": p.detail,
-                }
-                for p in parts
-            ]
-        return described
+            counts: dict[Step, int] = {}
+            for part in parts:
+                if part.wave == index:
+                    counts[Step(part.step)] = counts.get(Step(part.step), 0) + 1
+            waves.append(WaveStatus(wave=index + 1, cumulative_size=size, steps=counts))
+        return RolloutSummary(
+            id=rollout.id,
+            model=model.label,
+            state=RolloutState(rollout.state),
+            current_wave=rollout.current_wave + 1,
+            waves=waves,
+            target=Target.model_validate(rollout.target),
+            criteria=Criteria.model_validate(rollout.criteria),
+            reason=rollout.reason,
+            created_at=rollout.created_at,
+            updated_at=rollout.updated_at,
+        )
 
     def _parts(self, db: Session, rollout_id: int) -> list[RolloutDevice]:
         return list(

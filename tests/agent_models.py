@@ -7,7 +7,6 @@ small enough to build in milliseconds, real enough that onnxruntime loads, runs 
 from __future__ import annotations
 
 import hashlib
-import io
 from dataclasses import dataclass
 
 import numpy as np
@@ -15,6 +14,7 @@ import onnx
 import requests
 from onnx import TensorProto, helper, numpy_helper
 
+from edgeloop.agent.golden import golden_bytes
 from edgeloop.agent.protocol import DeviceProfile, FileRef, ModelManifest, TensorSpec
 
 FEATURES, CLASSES = 4, 3
@@ -56,9 +56,7 @@ def linear_model(
 
 
 def golden_npz(outputs: np.ndarray, inputs: np.ndarray = GOLDEN_INPUTS) -> bytes:
-    buffer = io.BytesIO()
-    np.savez(buffer, inputs=inputs, outputs=outputs)
-    return buffer.getvalue()
+    return golden_bytes({"x": inputs}, outputs)
 
 
 def sha(data: bytes) -> str:

@@ -26,6 +26,22 @@ def wait_until(predicate: Callable[[], T], timeout_s: float, what: str) -> T:
     return value
 
 
+def publish(broker_port: int, messages: list[tuple[str, bytes]], client_id: str = "test") -> None:
+    """Publish ``(topic, payload)`` pairs at QoS 1 to the broker on ``broker_port``, as devices
+    would, and return once the broker has each of them."""
+    import paho.mqtt.client as mqtt
+
+    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id)
+    client.connect("127.0.0.1", broker_port)
+    client.loop_start()
+    try:
+        for name, payload in messages:
+            client.publish(name, payload, qos=1).wait_for_publish(5)
+    finally:
+        client.loop_stop()
+        client.disconnect()
+
+
 def run_command(module: str, *args: str) -> subprocess.CompletedProcess[str]:
     """Run ``python -m module args...`` as an operator would, capturing its output."""
     return subprocess.run(

@@ -48,7 +48,7 @@ def test_the_import_contracts_hold() -> None:
         [lint, "--no-cache"], cwd=ROOT, capture_output=True, text=True, timeout=300
     )
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
-    assert "broken" not in result.stdout.split("Contracts:")[-1].split("kept")[-1]
+    assert ", 0 broken" in result.stdout
 
 
 def test_no_private_name_is_imported_across_packages() -> None:
@@ -72,8 +72,7 @@ def test_there_are_no_import_cycles() -> None:
     graph = grimp.build_graph(*roots, cache_dir=None)
     modules = {m for m in graph.modules if m.startswith("edgeloop.")}
     edges = {
-        m: {d for d in graph.find_modules_directly_imported_by(m) if d in modules}
-        for m in modules
+        m: {d for d in graph.find_modules_directly_imported_by(m) if d in modules} for m in modules
     }
     cycles = []
     for module in sorted(modules):

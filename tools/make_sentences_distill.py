@@ -12,7 +12,7 @@ extracts prose sentences from text every CPython 3.11 install carries, no downlo
 Sentences are split on end punctuation, kept only when they read as prose (6-40 words, mostly
 letters, no code punctuation), de-duplicated, and never equal to or containing a sentence of
 the evaluation set (``sentences.txt``). Sampled with a fixed seed down to :data:`COUNT`.
-Run with the project's Python 3.11: ``python compressor/data/make_sentences_distill.py``
+Run with the project's Python 3.11: ``python tools/make_sentences_distill.py``
 (deterministic for a given Python version; rewrites the file).
 """
 
@@ -29,7 +29,7 @@ from pathlib import Path
 
 SEED = 20240612
 COUNT = 8000
-HERE = Path(__file__).resolve().parent
+HERE = Path(__file__).resolve().parents[1] / "compressor" / "data"
 
 SKIP_MODULES = (
     "test",

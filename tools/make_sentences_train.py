@@ -5,7 +5,7 @@ with the packages this project may install and the model must never see the eval
 (``sentences.txt``). Every domain of the evaluation set has templates here (everyday errands,
 news, science, code, health, travel, questions, instructions, reviews) so the distilled student
 meets similar vocabulary and sentence lengths, but no line is copied from it. Run:
-``python compressor/data/make_sentences_train.py`` (deterministic; rewrites the file).
+``python tools/make_sentences_train.py`` (deterministic; rewrites the file).
 """
 
 from __future__ import annotations
@@ -560,7 +560,7 @@ def generate(count: int = COUNT, seed: int = SEED, exclude: set[str] | None = No
 
 
 def main() -> None:
-    here = Path(__file__).parent
+    here = Path(__file__).resolve().parents[1] / "compressor" / "data"
     evaluation = set((here / "sentences.txt").read_text(encoding="utf-8").splitlines())
     lines = generate(exclude=evaluation)
     (here / "sentences_train.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")

@@ -172,7 +172,7 @@ def footprint(workdir: Path, *, download_mb: int = 64, padding_floats: int = 1_5
     import subprocess
     import sys
 
-    from edgeloop.agent.client import InferenceClient
+    from edgeloop.agent.endpoint_client import InferenceClient
     from edgeloop.agent.fetch import fetch
 
     device_id = "footprint-01"

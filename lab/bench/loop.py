@@ -34,6 +34,7 @@ from edgeloop.lab.emulation import CLASSES, DeviceClass, measure_on_class
 from edgeloop.lab.launch import AgentProcess, ServerProcess, wait_for_devices
 from edgeloop.loop import Candidate, CandidatePool, Loop, LoopResult, RoundRecord
 from edgeloop.server.client import ApiClient
+from edgeloop.server.schemas import LoopDecisionCreate
 
 LOOP_CLASSES: dict[str, DeviceClass] = {
     "jetson-like": DeviceClass(name="jetson-like", threads=2),
@@ -82,7 +83,7 @@ class LoopBench:
     optimal: dict[str, dict[str, Any]]
     mape_by_round: dict[int, float]
     wall_s: float
-    history: list[dict[str, Any]]
+    history: list[LoopDecisionCreate]
 
 
 def exhaustive(
@@ -415,7 +416,7 @@ def run(args: Any) -> list[Figure]:
             for name, p95 in bench.truth.p95.items()
         },
         "mechanism": bench.truth.mechanism,
-        "history": [{k: v for k, v in entry.items() if k != "figures"} for entry in bench.history],
+        "history": [entry.model_dump(mode="json", exclude={"figures"}) for entry in bench.history],
         "wall_s": round(bench.wall_s, 1),
     }
     f = bench.figures

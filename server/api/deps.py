@@ -1,11 +1,13 @@
 from __future__ import annotations
 
+from http import HTTPStatus
 from typing import Annotated
 
-from fastapi import Depends, Request
+from fastapi import Depends, Query, Request
 
 from ..fleet import Fleet
 from ..rollouts import RolloutController
+from ..schemas import INT_MAX, Problem
 from ..store import ArtifactStore
 
 
@@ -17,6 +19,10 @@ def get_store(request: Request) -> ArtifactStore:
     return request.app.state.store
 
 
+OffsetQuery = Annotated[
+    int, Query(ge=0, le=INT_MAX, description="items to skip (a page starts after them)")
+]
+
 FleetDep = Annotated[Fleet, Depends(get_fleet)]
 StoreDep = Annotated[ArtifactStore, Depends(get_store)]
 
@@ -26,3 +32,9 @@ def get_rollouts(request: Request) -> RolloutController:
 
 
 RolloutsDep = Annotated[RolloutController, Depends(get_rollouts)]
+
+
+def problems(*codes: int) -> dict[int | str, dict[str, object]]:
+    """OpenAPI entries for the error statuses a route answers besides 422 (documented on
+    every route): each a :class:`~edgeloop.server.schemas.Problem`."""
+    return {code: {"model": Problem, "description": HTTPStatus(code).phrase} for code in codes}

@@ -324,8 +324,8 @@ def test_the_local_endpoint_keeps_serving_through_an_update_and_swaps_between_re
 ) -> None:
     import threading
 
-    from edgeloop.agent.client import EndpointError, InferenceClient
     from edgeloop.agent.endpoint import InferenceEndpoint
+    from edgeloop.agent.endpoint_client import EndpointError, InferenceClient
 
     endpoint = InferenceEndpoint(device.host, 0).start()
     client = InferenceClient(endpoint.url)

@@ -16,6 +16,7 @@ import onnx
 import onnxruntime as ort
 import pytest
 
+from edgeloop.agent.golden import load_golden
 from edgeloop.agent.protocol import TensorSpec
 from edgeloop.compressor import BuiltModel, ModelReport, build_digits
 from edgeloop.compressor.examples.digits import load_split
@@ -134,14 +135,20 @@ def test_report_json_round_trips_to_the_returned_report(
     assert ModelReport.model_validate_json(stored) == model.report
 
 
+def golden_arrays(model: BuiltModel) -> tuple[np.ndarray, np.ndarray]:
+    """The golden file as a device reads it."""
+    golden = load_golden(model.golden_path, [spec.name for spec in model.inputs])
+    return next(iter(golden.inputs.values())), golden.outputs
+
+
 @pytest.mark.parametrize("variant", ["fp32", "int8"])
 def test_golden_holds_8_test_images_and_this_models_own_outputs(
     built: dict[str, BuiltModel], variant: str
 ) -> None:
     model = built[variant]
-    with np.load(model.golden_path, allow_pickle=False) as golden:
-        assert sorted(golden.files) == ["inputs", "outputs"]
-        inputs, outputs = golden["inputs"], golden["outputs"]
+    with np.load(model.golden_path, allow_pickle=False) as stored:
+        assert sorted(stored.files) == [f"input_{model.inputs[0].name}", "outputs"]
+    inputs, outputs = golden_arrays(model)
     _, x_test, _, _ = load_split(seed=0)
     np.testing.assert_array_equal(inputs, x_test[:8])
     assert outputs.dtype == np.float32 and outputs.shape == (8, 10)
@@ -157,8 +164,7 @@ def test_golden_atol_absorbs_other_kernels_computing_the_same_graph(
     """Unoptimized onnxruntime runs plain Conv/Gemm with separate Q/DQ instead of the fused
     NCHWc / QLinearConv kernels: a stand-in for another CPU that rounds differently."""
     model = built[variant]
-    with np.load(model.golden_path, allow_pickle=False) as golden:
-        inputs, outputs = golden["inputs"], golden["outputs"]
+    inputs, outputs = golden_arrays(model)
     np.testing.assert_allclose(
         run(model.model_path, inputs, optimized=False),
         outputs,
@@ -176,8 +182,7 @@ def test_golden_atol_still_catches_a_different_model(
     are not "different models" for this purpose: they differ by quantization error, which is
     what the tolerance is sized to absorb."""
     model = built[variant]
-    with np.load(model.golden_path, allow_pickle=False) as golden:
-        inputs, outputs = golden["inputs"], golden["outputs"]
+    inputs, outputs = golden_arrays(model)
     graph = onnx.load(str(model.model_path)).graph
     name = graph.output[0].name
     for node in graph.node:

@@ -181,19 +181,21 @@ def test_pareto_front_drops_only_dominated_candidates() -> None:
 def test_the_chosen_model_is_registered_with_its_report_as_metadata(
     tmp_path: Path, task: DigitsTask, server
 ) -> None:
-    from edgeloop.server.client import ApiClient
+    from edgeloop.cli.compress import model_card
     from edgeloop.compressor.compress import built_model, compress
+    from edgeloop.server.client import ApiClient
 
     result = compress(task, load_recipe(QUANT_RECIPE), ROOMY, tmp_path / "out", progress=False)
     assert (tmp_path / "out" / "pareto.png").stat().st_size > 10_000
     report = json.loads((tmp_path / "out" / "report.json").read_text())
     assert report["chosen"]["key"] in report["pareto"]
     built = built_model(task, result, tmp_path / "out", name="digits", version="searched-1")
-    ApiClient(server.url).push_model(built)
+    ApiClient(server.url).push_model(model_card(built), built.model_path, built.golden_path)
     (registered,) = ApiClient(server.url).models()
-    assert registered["report"]["metric_name"] == "accuracy"
-    assert registered["report"]["accuracy"] == result.chosen.metric
-    assert registered["report"]["recipe"][0] == "export"
+    assert registered.report.metric_name == "accuracy"
+    assert registered.report.accuracy == result.chosen.metric
+    assert registered.report.recipe[0] == "export"
+    assert registered.report == model_card(built).report, "every figure of the report is kept"
 
 
 def test_a_candidate_slower_than_fp32_is_never_chosen_for_speed(

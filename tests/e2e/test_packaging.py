@@ -16,14 +16,28 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def built(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+    """The wheel, and everything the build printed."""
     out = tmp_path_factory.mktemp("wheel")
-    subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--quiet", "-w", str(out), str(ROOT)],
-        check=True,
+    build = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "-v", "-w", str(out), str(ROOT)],
+        capture_output=True,
+        text=True,
     )
+    assert build.returncode == 0, build.stdout[-3000:] + build.stderr[-3000:]
     (wheel,) = out.glob("edgeloop-*.whl")
-    return wheel
+    return wheel, build.stdout + build.stderr
+
+
+@pytest.fixture(scope="module")
+def wheel(built: tuple[Path, str]) -> Path:
+    return built[0]
+
+
+def test_the_build_prints_no_packaging_warnings(built: tuple[Path, str]) -> None:
+    log = built[1]
+    for warning in ("would be ignored", "SetuptoolsDeprecationWarning", "is not a package"):
+        assert warning not in log, [line for line in log.splitlines() if warning in line]
 
 
 def test_wheel_keeps_everything_under_the_edgeloop_namespace(wheel: Path) -> None:
@@ -33,6 +47,11 @@ def test_wheel_keeps_everything_under_the_edgeloop_namespace(wheel: Path) -> Non
     assert "edgeloop/agent/protocol.py" in names
     assert "edgeloop/server/app.py" in names
     assert "edgeloop/compressor/examples/digits.py" in names
+    for package in ("loop/driver.py", "lab/demo.py", "cli/main.py", "agent/profiles/pi4.toml"):
+        assert f"edgeloop/{package}" in names
+    assert "edgeloop/compressor/recipes/image.yaml" in names
+    assert "edgeloop/compressor/data/sentences.txt" in names
+    assert not [n for n in names if "make_sentences" in n], "data-building scripts stay in tools/"
     # The control plane migrates its database on start: the migrations ship with it.
     assert "edgeloop/server/migrations/env.py" in names
     assert "edgeloop/server/migrations/script.py.mako" in names
@@ -54,7 +73,7 @@ def test_agent_extra_installs_alone_and_runs_without_torch(wheel: Path, tmp_path
     assert "edgeloop-agent" in shown.stdout
     probe = (
         "import importlib.util as u, edgeloop.agent.daemon, edgeloop.agent.protocol;"
-        "names = ('torch', 'fastapi', 'sqlalchemy', 'agent', 'server');"
+        "names = ('torch', 'fastapi', 'sqlalchemy', 'rich', 'agent', 'server', 'loop', 'lab');"
         "print([m for m in names if u.find_spec(m)])"
     )
     found = subprocess.run(

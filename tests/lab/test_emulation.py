@@ -16,6 +16,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
+from edgeloop.agent.golden import save_golden
 from edgeloop.lab.broker import Broker
 from edgeloop.lab.emulation import (
     CLASSES,
@@ -88,7 +89,7 @@ def matmul_model(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     model.ir_version = 8
     onnx.save(model, directory / "model.onnx")
     inputs = rng.standard_normal((4, 128, 512)).astype(np.float32)
-    np.savez(directory / "golden.npz", inputs=inputs, outputs=np.zeros_like(inputs))
+    save_golden(directory / "golden.npz", {"x": inputs}, np.zeros_like(inputs))
     return directory / "model.onnx", directory / "golden.npz"
 
 

@@ -12,7 +12,7 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from edgeloop.agent.protocol import DeviceProfile, Energy, LatencyStats, Phase, Report
+from edgeloop.agent.protocol import DeviceProfile, Energy, Gate, LatencyStats, Phase, Report
 from edgeloop.agent.sensors import ESTIMATED_WATTS_PER_BUSY_CORE
 from edgeloop.loop.costmodel import (
     Calibration,
@@ -24,6 +24,7 @@ from edgeloop.loop.costmodel import (
     mape,
     measure_host,
 )
+from edgeloop.loop.decide import Measured
 
 ONE_THREAD = DeviceProfile(name="one", cpu_threads=1, memory_budget_mb=2048, latency_budget_ms=50)
 
@@ -297,30 +298,50 @@ def test_memory_offset_and_watts_per_core_come_from_the_reports() -> None:
     assert "(fitted)" in predicted.basis
 
 
-def test_observations_from_an_agent_report() -> None:
-    report = Report(
-        device_id="pi-001",
+def report(device_id: str, p95_ms: float, rss_mb: float, ok: bool = True) -> Report:
+    return Report(
+        device_id=device_id,
         revision=3,
         model="digits:2",
         artifact_sha256="a" * 64,
-        ok=True,
-        phase=Phase.IDLE,
+        ok=ok,
+        phase=Phase.IDLE if ok else Phase.FAILED,
         verified=True,
-        latency=LatencyStats(n=100, p50_ms=1.0, p95_ms=1.4, p99_ms=2.0, mean_ms=1.1),
-        peak_rss_mb=150.0,
+        latency=LatencyStats(n=100, p50_ms=p95_ms / 2, p95_ms=p95_ms, p99_ms=2.0, mean_ms=1.1),
+        peak_rss_mb=rss_mb,
         energy=Energy(
             joules_per_inference=0.002, avg_power_w=2.0, source="ina3221", estimated=False
         ),
+        gate=None if ok else Gate.LATENCY,
+        error=None if ok else "p95 over budget",
     )
 
-    seen = Observation.from_report(made_up(matmul_fp32=1), host(0.7), report)
 
-    assert (seen.measured_p95_ms, seen.measured_peak_rss_mb) == (1.4, 150.0)
+def test_a_class_observation_is_the_median_of_its_devices_reports() -> None:
+    reports = [
+        report("pi-001", 1.4, 150.0),
+        report("pi-002", 1.2, 170.0),
+        report("pi-003", 9.0, 140.0),
+    ]
+
+    measured = Measured.from_reports("digits:2", reports)
+    seen = measured.observation(made_up(matmul_fp32=1), host(0.7))
+
+    assert (measured.devices, measured.ok) == (3, True)
+    assert (seen.measured_p95_ms, seen.measured_p50_ms) == (1.4, 0.7), "one slow device is noise"
+    assert seen.measured_peak_rss_mb == 170.0, "memory: the largest, budgets are per device"
     assert seen.measured_energy_mj == pytest.approx(2.0)
+
+
+def test_one_refusing_device_refuses_for_the_class_and_untimed_reports_cannot_calibrate() -> None:
+    refused = Measured.from_reports(
+        "digits:2", [report("pi-001", 1.4, 150.0), report("pi-002", 3.0, 150.0, ok=False)]
+    )
+    assert not refused.ok and refused.gate == Gate.LATENCY and refused.error == "p95 over budget"
+
+    untimed = report("pi-001", 1.4, 150.0).model_copy(update={"latency": None})
     with pytest.raises(ValueError, match="no latency"):
-        Observation.from_report(
-            made_up(other=1), host(0.7), report.model_copy(update={"latency": None})
-        )
+        Measured.from_reports("digits:2", [untimed]).observation(made_up(other=1), host(0.7))
 
 
 def test_host_figures_from_a_search_trial() -> None:

@@ -11,8 +11,7 @@ from pathlib import Path
 import pytest
 from helpers import run_command
 
-from edgeloop.agent.protocol import DeviceProfile
-from edgeloop.server.client import ApiClient
+from edgeloop.agent.protocol import DeviceProfile, Gate
 from edgeloop.compressor.report import golden_atol
 from edgeloop.lab.broker import Broker
 from edgeloop.lab.demo import DEMO_RECIPE
@@ -20,6 +19,7 @@ from edgeloop.lab.emulation import DeviceClass
 from edgeloop.lab.launch import AgentProcess, ServerProcess, wait_for_devices
 from edgeloop.loop import Candidate, CandidatePool, ClassState, Loop, Measured, decide
 from edgeloop.loop.costmodel import HostMeasurement, ModelFeatures, Prediction
+from edgeloop.server.client import ApiClient
 
 PROFILE = DeviceProfile(name="pi", cpu_threads=1, memory_budget_mb=200, latency_budget_ms=2.0)
 
@@ -47,7 +47,7 @@ def predicted(scale: float = 1.0) -> dict[str, Prediction]:
     return {c.key: Prediction(c.host[1].p95_ms * scale, 90.0, 1.0, "test") for c in CANDIDATES}
 
 
-def measured(c: Candidate, p95: float, ok: bool = True, gate: str | None = None) -> Measured:
+def measured(c: Candidate, p95: float, ok: bool = True, gate: Gate | None = None) -> Measured:
     return Measured(f"m:{c.version}", ok, p95, 90.0, 1.0, 1, gate, None if ok else "refused")
 
 
@@ -61,13 +61,17 @@ def test_a_class_within_budget_on_the_most_accurate_fitting_candidate_is_left_al
 
 def test_a_miss_deploys_the_most_accurate_candidate_predicted_to_fit_and_never_retries_it() -> None:
     state = ClassState(PROFILE, current=FP32)
-    decision = decide(state, CANDIDATES, predicted(), measured(FP32, 3.1, ok=False, gate="latency"))
+    decision = decide(
+        state, CANDIDATES, predicted(), measured(FP32, 3.1, ok=False, gate=Gate.LATENCY)
+    )
     assert decision.action == "deploy" and decision.candidate is INT8
     assert "refused by the device gate `latency`" in decision.reason
     assert FP32.key in state.refused
     # The device measured INT8 over budget too (the calibration was off): next is SMALL.
     state.current = INT8
-    decision = decide(state, CANDIDATES, predicted(), measured(INT8, 2.5, ok=False, gate="latency"))
+    decision = decide(
+        state, CANDIDATES, predicted(), measured(INT8, 2.5, ok=False, gate=Gate.LATENCY)
+    )
     assert decision.candidate is SMALL and set(state.refused) == {FP32.key, INT8.key}
 
 
@@ -82,7 +86,9 @@ def test_headroom_moves_a_class_to_a_more_accurate_candidate() -> None:
 def test_an_unreachable_budget_ends_with_a_report_naming_the_closest_candidate() -> None:
     tight = PROFILE.model_copy(update={"latency_budget_ms": 0.1})
     state = ClassState(tight, current=FP32)
-    decision = decide(state, CANDIDATES, predicted(), measured(FP32, 3.0, ok=False, gate="latency"))
+    decision = decide(
+        state, CANDIDATES, predicted(), measured(FP32, 3.0, ok=False, gate=Gate.LATENCY)
+    )
     assert decision.action == "unreachable" and decision.candidate is None
     assert "closest is c: predicted p95 0.50 ms > 0.10 ms" in decision.reason
     assert "Relax the budget" in decision.reason
@@ -97,7 +103,7 @@ def test_a_class_whose_devices_have_not_reported_waits_instead_of_guessing() -> 
 
 def test_a_margin_asks_predictions_to_fit_with_room_to_spare() -> None:
     state = ClassState(PROFILE, current=FP32)
-    miss = measured(FP32, 3.0, ok=False, gate="latency")
+    miss = measured(FP32, 3.0, ok=False, gate=Gate.LATENCY)
     assert decide(state, CANDIDATES, predicted(), miss).candidate is INT8
     state = ClassState(PROFILE, current=FP32)
     assert decide(state, CANDIDATES, predicted(), miss, margin=0.7).candidate is SMALL
@@ -181,19 +187,19 @@ def test_the_loop_converges_on_emulated_classes_and_stops_where_nothing_fits(
         assert decision.candidate.accuracy == max(c.accuracy for c in fitting), name
         # The device really runs it, verified.
         (device,) = client.devices(profile=name)
-        assert device["current_model"] == f"digits:{decision.candidate.version}"
+        assert device.current_model == f"digits:{decision.candidate.version}"
 
     # Quantized versions are registered with the wider golden tolerance another CPU needs.
     assert {c.quantized for c in candidates} == {True, False}
     assert all(c.quantized == ("int8" in c.label) for c in candidates)
     by_version = {c.version: c for c in candidates}
     for model in client.models():
-        built = by_version[model["version"]]
-        assert model["golden_atol"] == golden_atol(built.golden_path, quantized=built.quantized)
+        built = by_version[model.version]
+        assert model.golden_atol == golden_atol(built.golden_path, quantized=built.quantized)
 
     # A kept class gets no rollout: one rollout per deploy decision, per class.
-    deploys = [d for d in loop.history if d["action"] == "deploy"]
-    rollouts = client.rollouts(limit=100)["items"]
+    deploys = [d for d in loop.history if d.action == "deploy"]
+    rollouts = client.rollouts(limit=100).items
     assert len(rollouts) == len(deploys)
 
     history = run_command(

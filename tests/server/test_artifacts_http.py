@@ -98,6 +98,7 @@ def test_registering_a_model_whose_files_were_not_uploaded_is_refused(
         "golden_sha256": "2" * 64,
         "inputs": [{"name": "x", "dtype": "float32", "shape": [1]}],
         "outputs": [{"name": "y", "dtype": "float32", "shape": [1]}],
+        "report": {"accuracy": 0.5},
     }
     response = requests.post(f"{server.url}/api/v1/models", json=body, timeout=10)
     assert response.status_code == 422

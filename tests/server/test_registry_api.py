@@ -11,10 +11,9 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import numpy as np
-import paho.mqtt.client as mqtt
 import pytest
 import requests
-from helpers import run_command, wait_until
+from helpers import publish, run_command, wait_until
 
 from edgeloop.agent.protocol import (
     Channel,
@@ -47,18 +46,6 @@ def api(tmp_path: Path, mosquitto: Broker, database_url: str) -> Iterator[Server
         process.stop()
 
 
-def publish(broker: Broker, messages: list[tuple[str, bytes]]) -> None:
-    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="registry-test")
-    client.connect("127.0.0.1", broker.port)
-    client.loop_start()
-    try:
-        for name, payload in messages:
-            client.publish(name, payload, qos=1).wait_for_publish(5)
-    finally:
-        client.loop_stop()
-        client.disconnect()
-
-
 def telemetry(device_id: str, minute: int, p95_ms: float) -> tuple[str, bytes]:
     sample = Telemetry(
         device_id=device_id,
@@ -85,7 +72,7 @@ def register_fleet(api: ServerProcess, broker: Broker) -> None:
             )
         )
     messages += [telemetry("dev-0", minute, p95_ms=float(minute)) for minute in range(1, 7)]
-    publish(broker, messages)
+    publish(broker.port, messages, "registry-test")
     wait_until(
         lambda: (
             requests.get(f"{api.url}/api/v1/devices/dev-0/telemetry", timeout=5).json().get("total")
@@ -213,3 +200,39 @@ def test_a_model_in_use_is_not_retired(
     assert refused.returncode == 2 and "still in use (desired by device dev-0)" in refused.stderr
     assert np.all([m["retired_at"] is None for m in json.loads(
         edgeloop("models", "ls", *url, "--json").stdout)])  # fmt: skip
+
+
+def test_a_version_stored_with_figures_this_server_does_not_know_is_still_listed(
+    api: ServerProcess, digits_models, tmp_path: Path, database_url: str
+) -> None:
+    """Versions registered before the model card was typed may carry other keys in their
+    figures; listings drop them instead of failing, while a new card with them is refused."""
+    from sqlalchemy import create_engine, text
+
+    fp32 = digits_models[0]
+    report = tmp_path / "report.json"
+    report.write_text(json.dumps({"accuracy": 0.9}))
+    pushed = edgeloop(
+        "models", "push", str(fp32.model_path), "--golden", str(fp32.golden_path),
+        "--report", str(report), "--name", "digits", "--version", "old", "--server", api.url,
+    )  # fmt: skip
+    assert pushed.returncode == 0, pushed.stderr
+    engine = create_engine(database_url)
+    with engine.begin() as db:
+        db.execute(
+            text("UPDATE model_versions SET report = :r"),
+            {"r": json.dumps({"accuracy": 0.9, "flops": 12345, "note": "from 0.0.9"})},
+        )
+    engine.dispose()
+
+    listed = requests.get(f"{api.url}/api/v1/models", timeout=10)
+    assert listed.status_code == 200, listed.text
+    assert listed.json()["items"][0]["report"]["accuracy"] == 0.9
+    assert "flops" not in listed.json()["items"][0]["report"]
+
+    report.write_text(json.dumps({"accuracy": 0.9, "flops": 12345}))
+    refused = edgeloop(
+        "models", "push", str(fp32.model_path), "--golden", str(fp32.golden_path),
+        "--report", str(report), "--name", "digits", "--version", "new", "--server", api.url,
+    )  # fmt: skip
+    assert refused.returncode == 2 and "flops" in refused.stderr

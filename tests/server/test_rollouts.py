@@ -19,11 +19,20 @@ import pytest
 from helpers import run_command, wait_until
 
 from edgeloop.agent.protocol import DeviceProfile, ModelManifest, TensorSpec
-from edgeloop.server.client import ApiClient, ApiError
 from edgeloop.lab.broker import Broker
 from edgeloop.lab.faults import upload_version
 from edgeloop.lab.launch import AgentProcess, ServerProcess
-from edgeloop.server.rollouts import RolloutCreate, wave_sizes
+from edgeloop.server.client import ApiClient, ApiError
+from edgeloop.server.rollouts import wave_sizes
+from edgeloop.server.schemas import (
+    Criteria,
+    ModelCreate,
+    ModelFigures,
+    RolloutCreate,
+    RolloutState,
+    Step,
+    Target,
+)
 
 ROOMY = DeviceProfile(name="roomy", cpu_threads=1, memory_budget_mb=2048, latency_budget_ms=100)
 SMALL = ROOMY.model_copy(update={"name": "small", "model_size_budget_kb": 64})
@@ -45,23 +54,23 @@ def test_a_wave_that_is_neither_a_share_nor_a_count_is_refused() -> None:
 
 
 def register(client: ApiClient, manifest: ModelManifest, accuracy: float) -> str:
-    client.register_model(
-        {
-            "name": manifest.name,
-            "version": manifest.version,
-            "artifact_sha256": manifest.artifact.sha256,
-            "golden_sha256": manifest.golden.sha256,
-            "inputs": [s.model_dump() for s in manifest.inputs],
-            "outputs": [s.model_dump() for s in manifest.outputs],
-            "report": {"accuracy": accuracy, "size_bytes": manifest.artifact.size},
-        },
+    registered = client.register_model(
+        ModelCreate(
+            name=manifest.name,
+            version=manifest.version,
+            artifact_sha256=manifest.artifact.sha256,
+            golden_sha256=manifest.golden.sha256,
+            inputs=manifest.inputs,
+            outputs=manifest.outputs,
+            report=ModelFigures(accuracy=accuracy, size_bytes=manifest.artifact.size),
+        ),
         plan=False,
     )
-    return f"{manifest.name}:{manifest.version}"
+    return registered.label
 
 
 def running(client: ApiClient) -> dict[str, str | None]:
-    return {row["device_id"]: (row["report"] or {}).get("running") for row in client.fleet()}
+    return {row.device_id: row.report.running if row.report else None for row in client.fleet()}
 
 
 @pytest.mark.slow
@@ -98,27 +107,29 @@ def test_rollouts_halt_on_failing_devices_roll_back_and_survive_a_server_restart
 
         # 1. A model too big for the small devices: halts in the wave that reaches dev-01.
         halted = client.create_rollout(
-            big, waves=["1", "30%", "100%"], criteria={"max_failure_rate": 0.0}
+            RolloutCreate(
+                model=big, waves=["1", "30%", "100%"], criteria=Criteria(max_failure_rate=0.0)
+            )
         )
-        assert [w["cumulative_size"] for w in halted["waves"]] == [1, 3, 10]
+        assert [w.cumulative_size for w in halted.waves] == [1, 3, 10]
         status = wait_until(
-            lambda: (s := client.rollout(halted["id"]))["state"] == "halted" and s,
+            lambda: (s := client.rollout(halted.id)).state == RolloutState.HALTED and s,
             120,
             "the big rollout to halt",
         )
-        assert status["current_wave"] == 2
-        assert "dev-01" in status["reason"] and "size" in status["reason"]
-        steps = {d["device_id"]: d["step"] for d in status["devices"]}
+        assert status.current_wave == 2
+        assert "dev-01" in status.reason and "size" in status.reason
+        steps = {d.device_id: d.step for d in status.devices}
         assert steps["dev-00"] == "committed" and steps["dev-01"] == "failed"
         assert {steps[f"dev-{i:02d}"] for i in range(3, DEVICES)} == {"pending"}
         now = running(client)
         assert now["dev-00"] == big and now["dev-01"] == base
         assert all(now[f"dev-{i:02d}"] == base for i in range(3, DEVICES)), now
         with pytest.raises(ApiError, match="HTTP 409"):
-            client.rollout_action(halted["id"], "resume")
+            client.rollout_action(halted.id, "resume")
 
         # 2. The operator rolls it back: every touched device returns to the base model.
-        client.rollout_action(halted["id"], "rollback")
+        client.rollout_action(halted.id, "rollback")
         wait_until(
             lambda: list(running(client).values()) == [base] * DEVICES,
             120,
@@ -126,9 +137,11 @@ def test_rollouts_halt_on_failing_devices_roll_back_and_survive_a_server_restart
         )
 
         # 3. A good model to the roomy devices; the server dies after the first wave.
-        rollout = client.create_rollout(good, target={"profile": "roomy"}, waves=["1", "3", "100%"])
+        rollout = client.create_rollout(
+            RolloutCreate(model=good, target=Target(profile="roomy"), waves=["1", "3", "100%"])
+        )
         wait_until(
-            lambda: client.rollout(rollout["id"])["current_wave"] >= 2,
+            lambda: client.rollout(rollout.id).current_wave >= 2,
             120,
             "the first wave of the good rollout to pass",
         )
@@ -138,11 +151,11 @@ def test_rollouts_halt_on_failing_devices_roll_back_and_survive_a_server_restart
         server.wait_ready()
         client = ApiClient(server.url)
         done = wait_until(
-            lambda: (s := client.rollout(rollout["id"]))["state"] == "completed" and s,
+            lambda: (s := client.rollout(rollout.id)).state == RolloutState.COMPLETED and s,
             180,
             "the good rollout to complete after the restart",
         )
-        assert {d["step"] for d in done["devices"]} == {"committed"}
+        assert {d.step for d in done.devices} == {Step.COMMITTED}
         now = running(client)
         assert {d: m for d, m in now.items() if int(d[-2:]) % 2 == 0} == {
             f"dev-{i:02d}": good for i in range(0, DEVICES, 2)
@@ -156,7 +169,7 @@ def test_rollouts_halt_on_failing_devices_roll_back_and_survive_a_server_restart
             "each device applied the rollout's model exactly once"
         )
         page = client.rollouts(limit=1)
-        assert page["total"] == 2 and [r["id"] for r in page["items"]] == [rollout["id"]]
+        assert page.total == 2 and [r.id for r in page.items] == [rollout.id]
     finally:
         for agent in agents:
             agent.stop()
@@ -183,15 +196,15 @@ class FleetOnDisk:
             self.fleet.record_artifact(sha, 10)
         for version, accuracy in (("1", 0.9), ("2", 0.5), ("3", 0.5)):
             self.fleet.register_model(
-                name="m",
-                version=version,
-                artifact_sha256="a" * 64,
-                golden_sha256="b" * 64,
-                inputs=[TensorSpec(name="x", dtype="float32", shape=["batch", 4])],
-                outputs=[TensorSpec(name="y", dtype="float32", shape=["batch", 2])],
-                golden_atol=1e-3,
-                golden_rtol=1e-3,
-                report={"accuracy": accuracy, "size_bytes": 10},
+                ModelCreate(
+                    name="m",
+                    version=version,
+                    artifact_sha256="a" * 64,
+                    golden_sha256="b" * 64,
+                    inputs=[TensorSpec(name="x", dtype="float32", shape=["batch", 4])],
+                    outputs=[TensorSpec(name="y", dtype="float32", shape=["batch", 2])],
+                    report=ModelFigures(accuracy=accuracy, size_bytes=10),
+                ),
                 plan=False,
             )
 
@@ -228,7 +241,7 @@ class FleetOnDisk:
         )
 
     def steps(self, rollout_id: int) -> dict[str, str]:
-        return {d["device_id"]: d["step"] for d in self.controller.status(rollout_id)["devices"]}
+        return {d.device_id: d.step for d in self.controller.status(rollout_id).devices}
 
 
 @pytest.fixture()
@@ -255,7 +268,7 @@ def test_waves_advance_only_on_reports_and_each_device_gets_one_revision(
     for device in ("d2", "d3"):
         fleet.report(device)
     fleet.controller.tick()
-    assert fleet.controller.status(rollout)["state"] == "completed"
+    assert fleet.controller.status(rollout).state == "completed"
     fleet.fleet.plan_all()
     assert fleet.revisions("d3")[-1] == (2, "2"), "the planner leaves rollout devices alone"
 
@@ -264,7 +277,7 @@ def test_a_newer_rollout_supersedes_the_older_one_on_shared_devices(fleet: Fleet
     older = fleet.controller.create(RolloutCreate(model="m:2", waves=["100%"]))
     fleet.controller.tick()
     newer = fleet.controller.create(
-        RolloutCreate(model="m:3", target={"tags": ["lab"]}, waves=["100%"])
+        RolloutCreate(model="m:3", target=Target(tags=["lab"]), waves=["100%"])
     )
     assert fleet.steps(older) == {
         "d0": "superseded",
@@ -274,7 +287,7 @@ def test_a_newer_rollout_supersedes_the_older_one_on_shared_devices(fleet: Fleet
     }
     fleet.report("d3")
     fleet.controller.tick()
-    assert fleet.controller.status(older)["state"] == "completed", "never waits on lost devices"
+    assert fleet.controller.status(older).state == "completed", "never waits on lost devices"
     fleet.controller.tick()
     assert set(fleet.steps(newer).values()) == {"sent"}
     assert fleet.revisions("d0")[-1] == (3, "3")
@@ -282,7 +295,7 @@ def test_a_newer_rollout_supersedes_the_older_one_on_shared_devices(fleet: Fleet
 
 def test_a_device_registering_mid_rollout_joins_the_running_wave(fleet: FleetOnDisk) -> None:
     rollout = fleet.controller.create(
-        RolloutCreate(model="m:2", target={"tags": ["lab"]}, waves=["100%"])
+        RolloutCreate(model="m:2", target=Target(tags=["lab"]), waves=["100%"])
     )
     fleet.controller.tick()
     fleet.hello("d9", tags=["lab"])
@@ -301,14 +314,14 @@ def test_silent_devices_time_out_and_halt_the_wave_and_cancel_stops_everything(
         RolloutCreate(
             model="m:2",
             waves=["1", "100%"],
-            criteria={"wave_timeout_s": 0.2, "max_failure_rate": 0.0},
+            criteria=Criteria(wave_timeout_s=0.2, max_failure_rate=0.0),
         )
     )
     fleet.controller.tick()
     time.sleep(0.3)
     fleet.controller.tick()
     status = fleet.controller.status(halting)
-    assert status["state"] == "halted" and "no report within" in status["reason"]
+    assert status.state == "halted" and "no report within" in status.reason
     fleet.controller.cancel(halting)
     fleet.controller.tick()
     assert fleet.steps(halting)["d3"] == "pending", "a cancelled rollout sends nothing more"
@@ -318,17 +331,17 @@ def test_silent_devices_time_out_and_halt_the_wave_and_cancel_stops_everything(
 
 def test_a_failed_report_or_one_over_budget_halts(fleet: FleetOnDisk) -> None:
     rollout = fleet.controller.create(
-        RolloutCreate(model="m:2", waves=["2", "100%"], criteria={"max_failure_rate": 0.5})
+        RolloutCreate(model="m:2", waves=["2", "100%"], criteria=Criteria(max_failure_rate=0.5))
     )
     fleet.controller.tick()
     fleet.report("d0", within_budget=False, budget_detail={"latency": False})
     fleet.controller.tick()
-    assert fleet.controller.status(rollout)["state"] == "running", "1 of 2 is within 50%"
+    assert fleet.controller.status(rollout).state == "running", "1 of 2 is within 50%"
     fleet.report("d1", ok=False, gate="golden", error="max abs error 3")
     fleet.controller.tick()
     status = fleet.controller.status(rollout)
-    assert status["state"] == "halted"
-    assert "over budget" in status["reason"] and "golden" in status["reason"]
+    assert status.state == "halted"
+    assert "over budget" in status.reason and "golden" in status.reason
     assert fleet.controller.rollback(rollout) == 2
     assert fleet.revisions("d0")[-1] == (3, "1")
 

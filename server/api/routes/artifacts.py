@@ -4,20 +4,15 @@ from __future__ import annotations
 
 from fastapi import APIRouter, HTTPException, Path, Request, status
 from fastapi.responses import FileResponse
-from pydantic import BaseModel
 
+from ...schemas import ArtifactPublic
 from ...store import DigestMismatchError
-from ..deps import FleetDep, StoreDep
+from ..deps import FleetDep, StoreDep, problems
 
 Sha256 = Path(pattern=r"^[0-9a-f]{64}$", description="lower-case hex SHA-256 of the file")
 
 router = APIRouter(tags=["artifacts"])
-
-
-class ArtifactPublic(BaseModel):
-    sha256: str
-    size: int
-    url: str
+BINARY = {"type": "string", "format": "binary"}
 
 
 @router.put("/api/v1/artifacts/{sha256}", status_code=status.HTTP_201_CREATED)
@@ -36,7 +31,23 @@ async def upload_artifact(
     return ArtifactPublic(sha256=sha256, size=size, url=f"{fleet.public_url}/artifacts/{sha256}")
 
 
-@router.api_route("/artifacts/{sha256}", methods=["GET", "HEAD"])
+FILE_RESPONSES: dict[int | str, dict[str, object]] = {
+    200: {"content": {"application/octet-stream": {"schema": BINARY}}},
+    206: {
+        "description": "the requested range (`Range: bytes=N-`)",
+        "content": {"application/octet-stream": {"schema": BINARY}},
+    },
+    **problems(404),
+}
+
+
+@router.get("/artifacts/{sha256}", response_class=FileResponse, responses=FILE_RESPONSES)
+@router.head(
+    "/artifacts/{sha256}",
+    response_class=FileResponse,
+    responses=FILE_RESPONSES,
+    operation_id="head_artifact",
+)
 def download_artifact(store: StoreDep, sha256: str = Sha256) -> FileResponse:
     """The file itself; ``Range: bytes=N-`` resumes a cut download (206 Partial Content)."""
     if not store.has(sha256):

@@ -1,26 +1,27 @@
+"""The device registry: devices, their reports and telemetry, and the planner's fleet view."""
+
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import APIRouter, HTTPException, Query, status
-from sqlalchemy import select
 
 from ... import registry
-from ...models import Device, DeviceReport
-from ..deps import FleetDep
+from ...schemas import DeviceDetail, DevicePublic, FleetEntry, Page, ReportRecord, TelemetrySample
+from ..deps import FleetDep, OffsetQuery, problems
 
 router = APIRouter(prefix="/api/v1", tags=["devices"])
 
 
 @router.get("/fleet")
-def fleet_summary(fleet: FleetDep) -> list[dict[str, Any]]:
+def fleet_summary(fleet: FleetDep) -> list[FleetEntry]:
     """Every device with its profile, desired model and latest report."""
     return fleet.fleet_summary()
 
 
 @router.post("/fleet/plan")
-def plan_fleet(fleet: FleetDep) -> list[dict[str, Any]]:
+def plan_fleet(fleet: FleetDep) -> list[FleetEntry]:
     """Re-pick every device's model now; devices whose choice changed get a new revision."""
     fleet.plan_all()
     return fleet.fleet_summary()
@@ -35,18 +36,17 @@ def list_devices(
     ] = None,
     online: bool | None = Query(default=None),
     limit: int = Query(default=50, ge=1, le=1000),
-    offset: int = Query(default=0, ge=0),
-) -> dict[str, Any]:
-    """The registry, by device id: ``{total, limit, offset, items}``."""
+    offset: OffsetQuery = 0,
+) -> Page[DevicePublic]:
+    """The registry, by device id."""
     with fleet.sessions() as db:
-        total, items = registry.list_devices(
+        return registry.list_devices(
             db, profile=profile, tags=tag, online=online, limit=limit, offset=offset
         )
-    return {"total": total, "limit": limit, "offset": offset, "items": items}
 
 
-@router.get("/devices/{device_id}")
-def device_detail(device_id: str, fleet: FleetDep) -> dict[str, Any]:
+@router.get("/devices/{device_id}", responses=problems(404))
+def device_detail(device_id: str, fleet: FleetDep) -> DeviceDetail:
     """One device: identity, profile, tags, online, current/previous/desired model, and its
     latest report and telemetry."""
     with fleet.sessions() as db:
@@ -56,40 +56,54 @@ def device_detail(device_id: str, fleet: FleetDep) -> dict[str, Any]:
             raise HTTPException(status.HTTP_404_NOT_FOUND, str(exc)) from None
 
 
-@router.get("/devices/{device_id}/telemetry")
+@router.get("/devices/{device_id}/telemetry", responses=problems(404))
 def device_telemetry(
     device_id: str,
     fleet: FleetDep,
     since: Annotated[datetime | None, Query(description="ISO 8601; UTC if no zone")] = None,
     until: Annotated[datetime | None, Query(description="ISO 8601, exclusive")] = None,
     limit: int = Query(default=100, ge=1, le=5000),
-    offset: int = Query(default=0, ge=0),
-) -> dict[str, Any]:
-    """Telemetry samples, newest first: ``{total, limit, offset, items}``."""
+    offset: OffsetQuery = 0,
+) -> Page[TelemetrySample]:
+    """Telemetry samples, newest first."""
     since, until = registry.as_utc(since), registry.as_utc(until)
     if since is not None and until is not None and until <= since:
         raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, "`until` must be after `since`")
     with fleet.sessions() as db:
         try:
-            total, items = registry.telemetry(
+            return registry.telemetry(
                 db, device_id, since=since, until=until, limit=limit, offset=offset
             )
         except LookupError as exc:
             raise HTTPException(status.HTTP_404_NOT_FOUND, str(exc)) from None
-    return {"total": total, "limit": limit, "offset": offset, "items": items}
 
 
-@router.get("/devices/{device_id}/reports")
+@router.get("/devices/{device_id}/reports", responses=problems(404))
 def device_reports(
     device_id: str, fleet: FleetDep, limit: int = Query(default=50, ge=1, le=1000)
-) -> list[dict[str, Any]]:
+) -> list[ReportRecord]:
+    """A device's update reports, newest first."""
     with fleet.sessions() as db:
-        rows = db.scalars(
-            select(DeviceReport)
-            .where(DeviceReport.device_id == device_id)
-            .order_by(DeviceReport.id.desc())
-            .limit(limit)
-        ).all()
-        if not rows and db.get(Device, device_id) is None:
-            raise HTTPException(status.HTTP_404_NOT_FOUND, f"no device {device_id!r}")
-        return [r.payload | {"received_at": r.received_at.isoformat()} for r in rows]
+        try:
+            return registry.device_reports(db, device_id, limit=limit)
+        except LookupError as exc:
+            raise HTTPException(status.HTTP_404_NOT_FOUND, str(exc)) from None
+
+
+@router.get("/reports")
+def list_reports(
+    fleet: FleetDep,
+    profile: str | None = Query(default=None, description="only devices of this profile name"),
+    model: str | None = Query(default=None, description="only reports on `name:version`"),
+    latest: bool = Query(
+        default=False, description="only each device's newest report (among those filtered)"
+    ),
+    limit: int = Query(default=100, ge=1, le=1000),
+    offset: OffsetQuery = 0,
+) -> Page[ReportRecord]:
+    """The fleet's update reports, newest first. ``?profile=P&model=M&latest=true`` is what a
+    device class measured on a model: one request, whatever the class's size."""
+    with fleet.sessions() as db:
+        return registry.reports(
+            db, profile=profile, model=model, latest=latest, limit=limit, offset=offset
+        )

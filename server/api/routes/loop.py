@@ -4,59 +4,36 @@ class's cost-model calibration, fitted from the devices' reports."""
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import Annotated
 
-from fastapi import APIRouter, HTTPException, Query, status
-from pydantic import BaseModel, Field
+from fastapi import APIRouter, HTTPException, Path, Query, status
 from sqlalchemy import func, select
 
 from ...models import Calibration, LoopDecision
-from ...registry import iso_utc
-from ..deps import FleetDep
+from ...schemas import (
+    CalibrationPublic,
+    CalibrationPut,
+    LoopDecisionCreate,
+    LoopDecisionPublic,
+    Page,
+)
+from ..deps import FleetDep, OffsetQuery, problems
 
 router = APIRouter(prefix="/api/v1", tags=["loop"])
 
-
-class DecisionCreate(BaseModel):
-    loop: str = Field(min_length=1, max_length=128)
-    round: int = Field(ge=0)
-    profile: str = Field(min_length=1, max_length=64)
-    action: Literal["deploy", "keep", "wait", "unreachable", "stop"]
-    model: str | None = None
-    reason: str = Field(min_length=1)
-    figures: dict[str, Any] = Field(default_factory=dict)
+ProfileName = Annotated[str, Path(min_length=1, max_length=64, description="a device class")]
 
 
-class CalibrationPut(BaseModel):
-    calibration: dict[str, Any]
-    observations: int = Field(ge=0)
+def _decision(row: LoopDecision) -> LoopDecisionPublic:
+    return LoopDecisionPublic.model_validate(row, from_attributes=True)
 
 
-def _decision(row: LoopDecision) -> dict[str, Any]:
-    return {
-        "id": row.id,
-        "loop": row.loop,
-        "round": row.round,
-        "profile": row.profile,
-        "action": row.action,
-        "model": row.model,
-        "reason": row.reason,
-        "figures": row.figures,
-        "created_at": iso_utc(row.created_at),
-    }
-
-
-def _calibration(row: Calibration) -> dict[str, Any]:
-    return {
-        "profile": row.profile,
-        "calibration": row.calibration,
-        "observations": row.observations,
-        "updated_at": iso_utc(row.updated_at),
-    }
+def _calibration(row: Calibration) -> CalibrationPublic:
+    return CalibrationPublic.model_validate(row, from_attributes=True)
 
 
 @router.post("/loop/decisions", status_code=status.HTTP_201_CREATED)
-def record_decision(body: DecisionCreate, fleet: FleetDep) -> dict[str, Any]:
+def record_decision(body: LoopDecisionCreate, fleet: FleetDep) -> LoopDecisionPublic:
     with fleet.sessions.begin() as db:
         row = LoopDecision(**body.model_dump())
         db.add(row)
@@ -70,9 +47,9 @@ def list_decisions(
     loop: str | None = Query(default=None),
     profile: str | None = Query(default=None),
     limit: int = Query(default=200, ge=1, le=5000),
-    offset: int = Query(default=0, ge=0),
-) -> dict[str, Any]:
-    """Oldest first (a history reads forwards): ``{total, limit, offset, items}``."""
+    offset: OffsetQuery = 0,
+) -> Page[LoopDecisionPublic]:
+    """Oldest first (a history reads forwards)."""
     where = []
     if loop is not None:
         where.append(LoopDecision.loop == loop)
@@ -83,16 +60,14 @@ def list_decisions(
         rows = db.scalars(
             select(LoopDecision).where(*where).order_by(LoopDecision.id).limit(limit).offset(offset)
         )
-        return {
-            "total": total,
-            "limit": limit,
-            "offset": offset,
-            "items": [_decision(r) for r in rows],
-        }
+        items = [_decision(r) for r in rows]
+    return Page[LoopDecisionPublic](total=total, limit=limit, offset=offset, items=items)
 
 
 @router.put("/calibrations/{profile}")
-def put_calibration(profile: str, body: CalibrationPut, fleet: FleetDep) -> dict[str, Any]:
+def put_calibration(
+    profile: ProfileName, body: CalibrationPut, fleet: FleetDep
+) -> CalibrationPublic:
     with fleet.sessions.begin() as db:
         row = db.get(Calibration, profile)
         if row is None:
@@ -105,7 +80,7 @@ def put_calibration(profile: str, body: CalibrationPut, fleet: FleetDep) -> dict
 
 
 @router.get("/calibrations")
-def list_calibrations(fleet: FleetDep) -> list[dict[str, Any]]:
+def list_calibrations(fleet: FleetDep) -> list[CalibrationPublic]:
     with fleet.sessions() as db:
         return [
             _calibration(row)
@@ -113,8 +88,8 @@ def list_calibrations(fleet: FleetDep) -> list[dict[str, Any]]:
         ]
 
 
-@router.get("/calibrations/{profile}")
-def get_calibration(profile: str, fleet: FleetDep) -> dict[str, Any]:
+@router.get("/calibrations/{profile}", responses=problems(404))
+def get_calibration(profile: ProfileName, fleet: FleetDep) -> CalibrationPublic:
     with fleet.sessions() as db:
         row = db.get(Calibration, profile)
         if row is None:

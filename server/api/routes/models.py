@@ -1,51 +1,26 @@
+"""Model versions: register one whose files were uploaded first, list, retire, and keep the
+newest few per name."""
+
 from __future__ import annotations
 
-from datetime import datetime
-from typing import Any
-
 from fastapi import APIRouter, HTTPException, Query, status
-from pydantic import BaseModel, Field
 from sqlalchemy import select
-
-from edgeloop.agent.protocol import SHA256_PATTERN, TensorSpec
+from sqlalchemy.orm import Session
 
 from ... import registry
 from ...fleet import UnknownArtifactError
 from ...models import ModelVersion
-from ..deps import FleetDep
+from ...schemas import STORED, ModelCreate, ModelPublic, Page, Retention, Retired
+from ..deps import FleetDep, OffsetQuery, problems
 
 router = APIRouter(prefix="/api/v1/models", tags=["models"])
 
 
-class ModelCreate(BaseModel):
-    name: str = Field(min_length=1, max_length=128)
-    version: str = Field(min_length=1, max_length=64)
-    artifact_sha256: str = Field(pattern=SHA256_PATTERN)
-    golden_sha256: str = Field(pattern=SHA256_PATTERN)
-    inputs: list[TensorSpec] = Field(min_length=1)
-    outputs: list[TensorSpec] = Field(min_length=1)
-    golden_atol: float = Field(default=1e-3, ge=0)
-    golden_rtol: float = Field(default=1e-3, ge=0)
-    report: dict[str, Any] = Field(default_factory=dict, description="the compressor's report")
-
-
-class ModelPublic(ModelCreate):
-    id: int
-    label: str
-    created_at: datetime
-    retired_at: datetime | None
-
-
-class Retention(BaseModel):
-    keep: int = Field(ge=1, description="live versions to keep per model name, newest first")
-    name: str | None = Field(default=None, description="only this model name")
-
-
 def _public(model: ModelVersion) -> ModelPublic:
-    return ModelPublic.model_validate(model, from_attributes=True)
+    return ModelPublic.model_validate(model, from_attributes=True, context=STORED)
 
 
-@router.post("", status_code=status.HTTP_201_CREATED)
+@router.post("", status_code=status.HTTP_201_CREATED, responses=problems(409))
 def register_model(
     body: ModelCreate,
     fleet: FleetDep,
@@ -53,12 +28,7 @@ def register_model(
 ) -> ModelPublic:
     """Register a version whose files were PUT first; by default the fleet is re-planned."""
     try:
-        model = fleet.register_model(
-            **body.model_dump(exclude={"inputs", "outputs"}),
-            inputs=body.inputs,
-            outputs=body.outputs,
-            plan=plan,
-        )
+        model = fleet.register_model(body, plan=plan)
     except UnknownArtifactError as exc:
         raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, str(exc)) from None
     except ValueError as exc:
@@ -72,9 +42,9 @@ def list_models(
     name: str | None = Query(default=None),
     include_retired: bool = Query(default=False),
     limit: int = Query(default=100, ge=1, le=1000),
-    offset: int = Query(default=0, ge=0),
-) -> dict[str, Any]:
-    """Model versions, oldest first: ``{total, limit, offset, items}``."""
+    offset: OffsetQuery = 0,
+) -> Page[ModelPublic]:
+    """Model versions, oldest first."""
     query = select(ModelVersion).order_by(ModelVersion.id)
     if name is not None:
         query = query.where(ModelVersion.name == name)
@@ -83,10 +53,10 @@ def list_models(
     with fleet.sessions() as db:
         models = list(db.scalars(query))
         items = [_public(m) for m in models[offset : offset + limit]]
-    return {"total": len(models), "limit": limit, "offset": offset, "items": items}
+    return Page[ModelPublic](total=len(models), limit=limit, offset=offset, items=items)
 
 
-def _get(db: Any, name: str, version: str) -> ModelVersion:
+def _get(db: Session, name: str, version: str) -> ModelVersion:
     model = db.scalar(
         select(ModelVersion).where(ModelVersion.name == name, ModelVersion.version == version)
     )
@@ -95,13 +65,13 @@ def _get(db: Any, name: str, version: str) -> ModelVersion:
     return model
 
 
-@router.get("/{name}/{version}")
+@router.get("/{name}/{version}", responses=problems(404))
 def get_model(name: str, version: str, fleet: FleetDep) -> ModelPublic:
     with fleet.sessions() as db:
         return _public(_get(db, name, version))
 
 
-@router.post("/{name}/{version}/retire")
+@router.post("/{name}/{version}/retire", responses=problems(404, 409))
 def retire_model(name: str, version: str, fleet: FleetDep) -> ModelPublic:
     """Stop offering a version to the planner and new rollouts (its files stay). Refused with
     409 while a device runs, is sent, or could roll back to it, or a rollout targets it."""
@@ -116,8 +86,8 @@ def retire_model(name: str, version: str, fleet: FleetDep) -> ModelPublic:
 
 
 @router.post("/retention")
-def apply_retention(body: Retention, fleet: FleetDep) -> dict[str, list[str]]:
+def apply_retention(body: Retention, fleet: FleetDep) -> Retired:
     """Retire all but the newest ``keep`` live versions per model name; versions in use are
     kept whatever their age."""
     with fleet.sessions.begin() as db:
-        return {"retired": registry.apply_retention(db, keep=body.keep, name=body.name)}
+        return Retired(retired=registry.apply_retention(db, keep=body.keep, name=body.name))

@@ -3,18 +3,21 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated
 
-from fastapi import APIRouter, HTTPException, Query, status
+from fastapi import APIRouter, HTTPException, Path, Query, status
 
-from ...rollouts import RolloutCreate, RolloutError
-from ..deps import RolloutsDep
+from ...rollouts import RolloutError
+from ...schemas import INT_MAX, Page, RolloutCreate, RolloutStatus, RolloutSummary
+from ..deps import OffsetQuery, RolloutsDep, problems
 
 router = APIRouter(prefix="/api/v1/rollouts", tags=["rollouts"])
 
+RolloutId = Annotated[int, Path(ge=1, le=INT_MAX)]
+
 
 @router.post("", status_code=status.HTTP_201_CREATED)
-def create_rollout(request: RolloutCreate, rollouts: RolloutsDep) -> dict[str, Any]:
+def create_rollout(request: RolloutCreate, rollouts: RolloutsDep) -> RolloutStatus:
     try:
         rollout_id = rollouts.create(request)
     except RolloutError as exc:
@@ -26,23 +29,22 @@ def create_rollout(request: RolloutCreate, rollouts: RolloutsDep) -> dict[str, A
 def list_rollouts(
     rollouts: RolloutsDep,
     limit: int = Query(default=50, ge=1, le=500),
-    offset: int = Query(default=0, ge=0),
-) -> dict[str, Any]:
-    """Newest first; ``total`` counts all rollouts, ``items`` is one page."""
-    total, items = rollouts.list(limit=limit, offset=offset)
-    return {"total": total, "limit": limit, "offset": offset, "items": items}
+    offset: OffsetQuery = 0,
+) -> Page[RolloutSummary]:
+    """Newest first, without each rollout's device list (``GET /rollouts/{id}`` has it)."""
+    return rollouts.page(limit=limit, offset=offset)
 
 
-@router.get("/{rollout_id}")
-def rollout_status(rollout_id: int, rollouts: RolloutsDep) -> dict[str, Any]:
+@router.get("/{rollout_id}", responses=problems(404))
+def rollout_status(rollout_id: RolloutId, rollouts: RolloutsDep) -> RolloutStatus:
     try:
         return rollouts.status(rollout_id)
     except LookupError as exc:
         raise HTTPException(status.HTTP_404_NOT_FOUND, str(exc)) from None
 
 
-@router.post("/{rollout_id}/{action}")
-def act_on_rollout(rollout_id: int, action: str, rollouts: RolloutsDep) -> dict[str, Any]:
+@router.post("/{rollout_id}/{action}", responses=problems(404, 409))
+def act_on_rollout(rollout_id: RolloutId, action: str, rollouts: RolloutsDep) -> RolloutStatus:
     """``action``: pause, resume, cancel or rollback."""
     actions = {
         "pause": rollouts.pause,

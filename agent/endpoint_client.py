@@ -1,6 +1,6 @@
 """A small client for the local inference endpoint, for applications on the device.
 
-    from edgeloop.agent.client import InferenceClient
+    from edgeloop.agent.endpoint_client import InferenceClient
     client = InferenceClient()                     # http://127.0.0.1:8470
     outputs = client.infer({"pixels": batch})      # {"logits": array}
 
