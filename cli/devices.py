@@ -81,7 +81,8 @@ def _print_device(detail: DeviceDetail, console: Console) -> None:
     console.print(
         f"[bold]{detail.device_id}[/] ({profile.name}: {profile.cpu_threads} threads, "
         f"p95 budget {profile.latency_budget_ms:g} ms, memory {profile.memory_budget_mb:g} MB) "
-        f"{'online' if detail.online else '[red]offline[/]'}, {detail.phase}"
+        f"{'online' if detail.online else '[red]offline[/]'}, {detail.phase}; "
+        f"agent {detail.agent_version or '-'}, protocol v{detail.protocol}"
     )
     console.print(
         f"running {detail.current_model or '-'} (previous {detail.previous_model or '-'});"

@@ -61,6 +61,7 @@ class Fleet:
             device.profile = profile
             device.platform = dict(hello.platform)
             device.agent_version = hello.agent_version
+            device.protocol = hello.protocol
             device.tags = sorted(set(hello.tags))
             device.online = True
             device.current_model = hello.current_model

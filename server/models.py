@@ -5,15 +5,13 @@ A change here needs a migration: ``alembic -c server/migrations/alembic.ini revi
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any, ClassVar
 
 from sqlalchemy import JSON, DateTime, ForeignKey, Index, String, UniqueConstraint
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-
-def utcnow() -> datetime:
-    return datetime.now(UTC)
+from .times import utcnow
 
 
 class Base(DeclarativeBase):
@@ -33,6 +31,9 @@ class Device(Base):
     profile: Mapped[dict[str, Any]]
     platform: Mapped[dict[str, Any]] = mapped_column(default=dict)
     agent_version: Mapped[str | None]
+    protocol: Mapped[int] = mapped_column(default=1, server_default="1")
+    """The wire protocol major version the device announced in its last hello: the server
+    speaks it to the device (docs/protocol.md, evolution)."""
     online: Mapped[bool] = mapped_column(default=False)
     phase: Mapped[str] = mapped_column(String(16), default="idle")
     current_model: Mapped[str | None]

@@ -27,19 +27,11 @@ from .schemas import (
 from .schemas import (
     TelemetrySample as TelemetrySamplePublic,
 )
+from .times import for_database
 
 
 class RetentionError(ValueError):
     """A version cannot be retired (it is in use); the message says by what."""
-
-
-def _aware(moment: datetime) -> datetime:
-    return moment.astimezone(UTC) if moment.tzinfo else moment.replace(tzinfo=UTC)
-
-
-def as_utc(moment: datetime | None) -> datetime | None:
-    """Zone-aware UTC; a naive time (SQLite's, or a query without a zone) is taken as UTC."""
-    return None if moment is None else _aware(moment)
 
 
 def device_row(db: Session, device: Device) -> DevicePublic:
@@ -54,6 +46,7 @@ def device_row(db: Session, device: Device) -> DevicePublic:
         online=device.online,
         phase=Phase(device.phase),
         agent_version=device.agent_version,
+        protocol=device.protocol,
         current_model=device.current_model,
         previous_model=device.previous_model,
         first_seen=device.first_seen,
@@ -195,9 +188,9 @@ def telemetry(
     _device(db, device_id)
     where = [TelemetrySample.device_id == device_id]
     if since is not None:
-        where.append(TelemetrySample.sent_at >= _naive_utc(since, db))
+        where.append(TelemetrySample.sent_at >= for_database(since, db.get_bind().dialect.name))
     if until is not None:
-        where.append(TelemetrySample.sent_at < _naive_utc(until, db))
+        where.append(TelemetrySample.sent_at < for_database(until, db.get_bind().dialect.name))
     total = db.scalar(select(func.count()).select_from(TelemetrySample).where(*where)) or 0
     rows = db.scalars(
         select(TelemetrySample)
@@ -208,13 +201,6 @@ def telemetry(
     )
     items = [TelemetrySamplePublic.model_validate(r.payload) for r in rows]
     return Page[TelemetrySamplePublic](total=total, limit=limit, offset=offset, items=items)
-
-
-def _naive_utc(moment: datetime, db: Session) -> datetime:
-    """SQLite stores times as naive UTC text, so compare with naive UTC there; PostgreSQL
-    compares zone-aware values correctly."""
-    aware = _aware(moment)
-    return aware.replace(tzinfo=None) if db.get_bind().dialect.name == "sqlite" else aware
 
 
 # ---------------------------------------------------------------------- retention

@@ -43,6 +43,7 @@ from .schemas import (
     Target,
     WaveStatus,
 )
+from .times import naive_utc
 
 log = logging.getLogger("edgeloop.server.rollouts")
 
@@ -317,7 +318,7 @@ class RolloutController:
             part.step = Step.FAILED if problem else Step.COMMITTED
             part.detail = problem or "committed"
             return
-        sent_at = _naive_utc(part.sent_at) if part.sent_at else now
+        sent_at = naive_utc(part.sent_at) if part.sent_at else now
         if (now - sent_at).total_seconds() > criteria.wave_timeout_s:
             part.step = Step.TIMED_OUT
             part.detail = f"no report within {criteria.wave_timeout_s:.0f} s"

@@ -22,7 +22,7 @@ Invariants:
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import datetime
 from enum import StrEnum
 from typing import Annotated, Any, Generic, Literal, TypeVar
 
@@ -45,6 +45,7 @@ from edgeloop.agent.protocol import (
     Telemetry,
     TensorSpec,
 )
+from edgeloop.server.times import as_utc
 
 __all__ = [
     "INT_MAX",
@@ -90,12 +91,7 @@ INT_MAX = 2**31 - 1
 overflowing in the database."""
 
 
-def _utc(moment: datetime) -> datetime:
-    """SQLite hands times back without a zone; they were stored as UTC."""
-    return moment.astimezone(UTC) if moment.tzinfo else moment.replace(tzinfo=UTC)
-
-
-UtcDatetime = Annotated[datetime, AfterValidator(_utc)]
+UtcDatetime = Annotated[datetime, AfterValidator(as_utc)]
 """A time with its zone, normalized to UTC (a naive one is taken as UTC)."""
 
 
@@ -171,6 +167,7 @@ class DeviceBase(BaseModel):
     profile: DeviceProfile
     tags: list[str]
     agent_version: str | None
+    protocol: int = Field(description="wire protocol major version from the device's hello")
 
 
 class DevicePublic(DeviceBase):

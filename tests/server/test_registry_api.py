@@ -97,6 +97,7 @@ def test_devices_are_listed_with_filters_and_pages(api: ServerProcess, mosquitto
 
     detail = requests.get(f"{url}/dev-0", timeout=5).json()
     assert detail["tags"] == ["lab"] and detail["online"] is True
+    assert detail["protocol"] == 1, "the version its hello announced"
     assert detail["latest_telemetry"]["seq"] == 6, "the newest sample by time"
     assert detail["desired"]["revision"] == 1
 
@@ -104,6 +105,7 @@ def test_devices_are_listed_with_filters_and_pages(api: ServerProcess, mosquitto
     assert [d["device_id"] for d in json.loads(listed.stdout)] == ["dev-0", "dev-2", "dev-4"]
     shown = edgeloop("devices", "show", "dev-0", "--server", api.url)
     assert shown.returncode == 0 and "dev-0" in shown.stdout and "pi" in shown.stdout
+    assert "protocol v1" in shown.stdout
 
 
 def test_telemetry_is_paged_newest_first_and_filtered_by_time(

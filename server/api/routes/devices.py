@@ -9,6 +9,7 @@ from fastapi import APIRouter, HTTPException, Query, status
 
 from ... import registry
 from ...schemas import DeviceDetail, DevicePublic, FleetEntry, Page, ReportRecord, TelemetrySample
+from ...times import as_utc
 from ..deps import FleetDep, OffsetQuery, problems
 
 router = APIRouter(prefix="/api/v1", tags=["devices"])
@@ -66,7 +67,8 @@ def device_telemetry(
     offset: OffsetQuery = 0,
 ) -> Page[TelemetrySample]:
     """Telemetry samples, newest first."""
-    since, until = registry.as_utc(since), registry.as_utc(until)
+    since = as_utc(since) if since is not None else None
+    until = as_utc(until) if until is not None else None
     if since is not None and until is not None and until <= since:
         raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, "`until` must be after `since`")
     with fleet.sessions() as db:
