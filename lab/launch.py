@@ -142,7 +142,7 @@ class AgentProcess(ManagedProcess):
         tags: list[str] | None = None,
         device_class: DeviceClass | None = None,
     ) -> None:
-        """``device_class`` confines the agent to an emulated class (``server/emulation.py``);
+        """``device_class`` confines the agent to an emulated class (``lab/emulation.py``);
         the profile must announce the class's thread count."""
         if device_class is not None and profile.cpu_threads != device_class.threads:
             raise ValueError(
