@@ -8,7 +8,13 @@ import time
 from collections.abc import Callable
 from typing import TypeVar
 
+from edgeloop.agent.protocol import DeviceProfile
+
 T = TypeVar("T")
+
+PI = DeviceProfile(name="pi", cpu_threads=1, memory_budget_mb=200, latency_budget_ms=5)
+JETSON = DeviceProfile(name="jetson", cpu_threads=2, memory_budget_mb=800, latency_budget_ms=5)
+"""Two small device classes for registry and contract tests."""
 
 
 def wait_until(predicate: Callable[[], T], timeout_s: float, what: str) -> T:

@@ -188,7 +188,12 @@ def test_the_chosen_model_is_registered_with_its_report_as_metadata(
     result = compress(task, load_recipe(QUANT_RECIPE), ROOMY, tmp_path / "out", progress=False)
     assert (tmp_path / "out" / "pareto.png").stat().st_size > 10_000
     report = json.loads((tmp_path / "out" / "report.json").read_text())
-    assert report["chosen"]["key"] in report["pareto"]
+    # The chosen model is on the front, unless every model on the front was refused for this
+    # profile with its reason (e.g. slower than fp32 by the paired timing while its separate
+    # p50 was lower: timing noise on a loaded host).
+    trials = {t["key"]: t for t in [report["baseline"], *report["trials"]]}
+    if report["chosen"]["key"] not in report["pareto"]:
+        assert all(trials[key]["misses"] for key in report["pareto"]), report["pareto"]
     built = built_model(task, result, tmp_path / "out", name="digits", version="searched-1")
     ApiClient(server.url).push_model(model_card(built), built.model_path, built.golden_path)
     (registered,) = ApiClient(server.url).models()

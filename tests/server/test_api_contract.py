@@ -15,11 +15,10 @@ from typing import Any
 import jsonschema
 import pytest
 import requests
-from helpers import publish, wait_until
+from helpers import JETSON, PI, publish, wait_until
 
 from edgeloop.agent.protocol import (
     Channel,
-    DeviceProfile,
     Energy,
     Gate,
     Hello,
@@ -42,8 +41,6 @@ from edgeloop.server.schemas import (
     Target,
 )
 
-PI = DeviceProfile(name="pi", cpu_threads=1, memory_budget_mb=200, latency_budget_ms=5)
-JETSON = DeviceProfile(name="jetson", cpu_threads=2, memory_budget_mb=800, latency_budget_ms=5)
 DEVICES = {"pi-0": PI, "pi-1": PI, "jetson-0": JETSON}
 T0 = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
 

@@ -13,11 +13,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import requests
-from helpers import publish, run_command, wait_until
+from helpers import JETSON, PI, publish, run_command, wait_until
 
 from edgeloop.agent.protocol import (
     Channel,
-    DeviceProfile,
     Hello,
     LatencyStats,
     Telemetry,
@@ -27,8 +26,6 @@ from edgeloop.agent.protocol import (
 from edgeloop.lab.broker import Broker
 from edgeloop.lab.launch import ServerProcess
 
-PI = DeviceProfile(name="pi", cpu_threads=1, memory_budget_mb=200, latency_budget_ms=5)
-JETSON = DeviceProfile(name="jetson", cpu_threads=2, memory_budget_mb=800, latency_budget_ms=5)
 T0 = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
 
 
