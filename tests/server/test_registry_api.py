@@ -132,6 +132,8 @@ def test_every_refusal_has_one_error_shape(api: ServerProcess) -> None:
         ("GET", "/api/v1/models/m/1", 404, "no model m:1"),
         ("POST", "/api/v1/models", 422, "body"),
         ("POST", "/api/v1/rollouts/1/explode", 404, "no action 'explode'"),
+        ("GET", "/api/v1/reports?profile=" + "p" * 65, 422, "query.profile"),
+        ("GET", "/api/v1/reports?model=" + "m" * 201, 422, "query.model"),
     ]
     for method, path, code, words in cases:
         response = requests.request(method, api.url + path, timeout=5)

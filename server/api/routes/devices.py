@@ -95,8 +95,12 @@ def device_reports(
 @router.get("/reports")
 def list_reports(
     fleet: FleetDep,
-    profile: str | None = Query(default=None, description="only devices of this profile name"),
-    model: str | None = Query(default=None, description="only reports on `name:version`"),
+    profile: str | None = Query(
+        default=None, max_length=64, description="only devices of this profile name"
+    ),
+    model: str | None = Query(
+        default=None, max_length=200, description="only reports on `name:version`"
+    ),
     latest: bool = Query(
         default=False, description="only each device's newest report (among those filtered)"
     ),
