@@ -5,7 +5,10 @@ through a one-slot mailbox (newest wins, so a burst of revisions applies only th
 worker runs the update flow (:mod:`edgeloop.agent.updater`); the endpoint serves applications
 throughout; a timer thread samples telemetry. Reports and telemetry go to the SQLite outbox
 first and are published from there, so a broker outage loses nothing. Nothing a peer sends
-can crash the agent: an invalid message is logged and dropped.
+can crash the agent or silence it: an invalid message is logged, counted by reason and
+dropped (the endpoint's ``/v1/health`` shows the counts), and every paho callback is guarded,
+because an exception escaping one ends paho's network thread: the agent would stay online
+through its keepalive yet never hear another desired state.
 """
 
 from __future__ import annotations
@@ -31,12 +34,13 @@ from .protocol import (
     Channel,
     Desired,
     Hello,
+    Intake,
     Phase,
     ProtocolError,
+    Refusal,
     Report,
     Status,
     Telemetry,
-    decode,
     encode,
     topic,
 )
@@ -75,8 +79,11 @@ class Agent:
             retain=True,
         )
         self.client.reconnect_delay_set(min_delay=1, max_delay=30)
-        self.client.on_connect = self._on_connect
-        self.client.on_message = self._on_message
+        self.intake = Intake(log)
+        # Each callback is guarded; this is the net under the guard.
+        self.client.suppress_exceptions = True
+        self.client.on_connect = self.intake.guard(self._on_connect)
+        self.client.on_message = self.intake.guard(self._on_message)
         self.publisher = OutboxPublisher(self.outbox, self.client)
         self.endpoint = InferenceEndpoint(
             self.host,
@@ -84,6 +91,8 @@ class Agent:
             health=lambda: {
                 "state": self.updater.record.state.value,
                 "revision": self.updater.record.revision,
+                "mqtt_connected": self.client.is_connected(),
+                **self.intake.stats().model_dump(mode="json"),
             },
             rollback=self._operator_rollback,
         )
@@ -94,7 +103,10 @@ class Agent:
         """Recover, connect and serve until :meth:`stop`; reconnects on its own."""
         self.updater.start()
         self.endpoint.start()
-        write_atomic(self.config.workdir / "endpoint.url", self.endpoint.url.encode())
+        try:
+            write_atomic(self.config.workdir / "endpoint.url", self.endpoint.url.encode())
+        except OSError as exc:  # a full disk: local tools lose the hint, the device keeps serving
+            log.error("cannot write %s/endpoint.url: %s", self.config.workdir, exc)
         self.client.connect_async(
             self.config.broker_host, self.config.broker_port, keepalive=self.config.keepalive_s
         )
@@ -152,14 +164,14 @@ class Agent:
         self.publisher.wake()
 
     def _on_message(self, client, userdata, message) -> None:
-        try:
-            desired = decode(message.payload, message.topic)
-        except ProtocolError as exc:
-            log.warning("dropped message on %s: %s", message.topic, exc)
-            return
+        self.intake.receive(message.topic, message.payload, self._post)
+
+    def _post(self, desired: Hello | Status | Desired | Report | Telemetry) -> None:
         if not isinstance(desired, Desired):
-            log.warning("dropped %s message on the desired topic", desired.type)
-            return
+            raise ProtocolError(
+                f"a {desired.type!r} message is for the server; a device takes only 'desired'",
+                Refusal.WRONG_TOPIC,
+            )
         with self._mail:
             self._mailbox = desired
             self._mail.notify_all()

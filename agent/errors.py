@@ -17,6 +17,14 @@ class ArtifactError(AgentError):
     """A downloaded file is not what the manifest promised (size, SHA-256, format)."""
 
 
+class StorageError(AgentError):
+    """The device's own storage refused a write (full, over quota, read-only, failing).
+
+    Never the model's fault: an update that meets it ends on the ``disk`` gate and may be
+    tried again once there is room.
+    """
+
+
 class GateError(AgentError):
     """A model failed a validation gate; ``gate`` names which one (it goes into the report)."""
 

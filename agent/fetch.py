@@ -2,11 +2,14 @@
 
 Files land in ``blobs/<sha256>`` only after their size and SHA-256 matched; a partial
 download lives in ``blobs/<sha256>.part`` and is resumed with an HTTP Range request, so a cut
-connection or a restarted agent re-sends only what is missing.
+connection or a restarted agent re-sends only what is missing. A write the disk refuses
+(full, read-only) removes the partial file: on a full disk it is the space the device needs
+back, and resuming it later saves little next to a device that can write its state again.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 from collections.abc import Callable
@@ -14,7 +17,7 @@ from pathlib import Path
 
 import requests
 
-from .errors import ArtifactError, TransportError
+from .errors import ArtifactError, StorageError, TransportError
 from .protocol import FileRef
 
 CHUNK_BYTES = 64 * 1024
@@ -29,6 +32,21 @@ def _hash_file(path: Path) -> hashlib._Hash:
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
     return digest
+
+
+def part_path(blob_dir: Path, sha256: str) -> Path:
+    """Where the download of ``sha256`` grows until it is complete and verified."""
+    return blob_dir / f"{sha256}.part"
+
+
+def held_bytes(ref: FileRef, blob_dir: Path) -> int:
+    """Bytes of ``ref`` already on disk (complete or partial): space a download needs no more."""
+    for path in (blob_dir / ref.sha256, part_path(blob_dir, ref.sha256)):
+        try:
+            return min(path.stat().st_size, ref.size)
+        except FileNotFoundError:
+            continue
+    return 0
 
 
 def fetch(
@@ -46,14 +64,19 @@ def fetch(
             transfer ended early; the partial file is kept so the next call resumes.
         ArtifactError: the received bytes do not match ``ref.size`` or ``ref.sha256``; the
             partial file is removed so the next attempt starts clean.
+        StorageError: the disk refused a write (no space left, read-only); the partial file
+            is removed where the disk allows it.
     """
-    blob_dir.mkdir(parents=True, exist_ok=True)
+    part = part_path(blob_dir, ref.sha256)
+    try:
+        blob_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise _storage_error(ref, part, 0, exc) from exc
     final = blob_dir / ref.sha256
     if final.exists() and final.stat().st_size == ref.size:
         if _hash_file(final).hexdigest() == ref.sha256:
             return final
         final.unlink()
-    part = blob_dir / f"{ref.sha256}.part"
     have = part.stat().st_size if part.exists() else 0
     if have > ref.size:
         part.unlink()
@@ -72,8 +95,27 @@ def fetch(
         raise ArtifactError(
             f"{ref.url}: SHA-256 {digest.hexdigest()} does not match manifest {ref.sha256}"
         )
+    if not part.exists():  # an empty file: nothing was downloaded, and nothing needed to be
+        _create_empty(part, ref)
     os.replace(part, final)
     return final
+
+
+def _create_empty(part: Path, ref: FileRef) -> None:
+    try:
+        part.touch()
+    except OSError as exc:
+        raise _storage_error(ref, part, 0, exc) from exc
+
+
+def _storage_error(ref: FileRef, part: Path, have: int, exc: OSError) -> StorageError:
+    with contextlib.suppress(OSError):  # a read-only disk may not let it go either
+        part.unlink(missing_ok=True)
+    return StorageError(
+        f"cannot write {part} ({exc.strerror or exc}) after {have} of {ref.size} bytes of "
+        f"{ref.url}, partial file removed; free space on the device's disk, then send the "
+        "update again"
+    )
 
 
 def _download(
@@ -104,4 +146,6 @@ def _download(
                 os.fsync(out.fileno())
     except requests.RequestException as exc:
         raise TransportError(f"GET {ref.url} failed: {exc}; will resume from {have} bytes") from exc
+    except OSError as exc:  # requests' errors are OSErrors too: this clause must come second
+        raise _storage_error(ref, part, have, exc) from exc
     return have, digest

@@ -23,17 +23,29 @@ Invariants:
   in code or loading one from a local file (``DeviceProfile`` in the agent's config and the
   profile catalogue) still turns a typo into an error. One model class serves both: the
   leniency is a validation context that :func:`decode` passes, not a second set of classes.
+- Nothing a peer sends can take a receiver down: :func:`decode` raises :class:`ProtocolError`
+  and nothing else, whatever the bytes, and its work is bounded before parsing begins (size,
+  nesting depth, length of every number). A receiver counts what it drops by the error's
+  :class:`Refusal` word (:class:`Intake`) and goes on with the next message.
+- Every number on the wire is finite and every integer fits in 64 signed bits, so whatever
+  :func:`decode` returns encodes again and fits any database column.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
+import math
+import re
+import reprlib
 import threading
 from collections import Counter
+from collections.abc import Callable
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Annotated, Any, Literal
+from itertools import accumulate
+from typing import Annotated, Any, Literal, ParamSpec, get_args
 
 from pydantic import (
     BaseModel,
@@ -44,11 +56,22 @@ from pydantic import (
     ValidationInfo,
     model_validator,
 )
+from pydantic_core import PydanticSerializationError
 
 __all__ = [
+    "DEVICE_ID_PATTERN",
+    "MAX_DEPTH",
+    "MAX_MESSAGE_BYTES",
+    "MAX_NUMBER_CHARS",
+    "MAX_TENSOR_RANK",
+    "MAX_UNKNOWN_FIELD_NAMES",
+    "NAME_PATTERN",
+    "ONNX_DTYPES",
     "PROTOCOL_VERSION",
     "SUPPORTED_VERSIONS",
+    "SYMBOLIC_DIM_PATTERN",
     "TOPIC_ROOT",
+    "VERSION_PATTERN",
     "Channel",
     "Desired",
     "DeviceProfile",
@@ -56,11 +79,14 @@ __all__ = [
     "FileRef",
     "Gate",
     "Hello",
+    "Intake",
+    "IntakeStats",
     "LatencyStats",
     "Message",
     "ModelManifest",
     "Phase",
     "ProtocolError",
+    "Refusal",
     "Report",
     "Status",
     "Telemetry",
@@ -81,10 +107,72 @@ each device in the version of its ``hello``; :func:`decode` refuses any other ve
 TOPIC_ROOT = f"edgeloop/v{PROTOCOL_VERSION}/devices"
 DEVICE_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 SHA256_PATTERN = r"^[0-9a-f]{64}$"
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.+-]{0,127}$"
+"""A model name: safe as a path segment and in a ``name:version`` label (no ``/``, ``:``,
+``..`` prefix or whitespace)."""
+VERSION_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.+-]{0,63}$"
+"""A model version, under the same rule as a name."""
+
+MAX_MESSAGE_BYTES = 256 * 1024
+"""The largest payload :func:`decode` reads (UTF-8 bytes). The largest message this code
+sends, a ``desired`` with a manifest, is a few KiB."""
+MAX_DEPTH = 32
+"""How deep objects and arrays may nest in a payload; messages nest five levels today."""
+MAX_NUMBER_CHARS = 40
+"""The longest number literal :func:`decode` reads; ``repr`` of any float needs at most 24."""
+_INT_BOUND = 2**63
+"""Integers on the wire fit in 64 signed bits, so any database column can store them."""
+_INT_CHARS = len(str(-_INT_BOUND))
+MAX_TENSOR_RANK = 32
+OnnxDtype = Literal[
+    "float32",
+    "float16",
+    "float64",
+    "bfloat16",
+    "int8",
+    "int16",
+    "int32",
+    "int64",
+    "uint8",
+    "uint16",
+    "uint32",
+    "uint64",
+    "bool",
+    "string",
+    "complex64",
+    "complex128",
+]
+ONNX_DTYPES: tuple[str, ...] = get_args(OnnxDtype)
+"""The ``TensorSpec.dtype`` names: the numpy name of each ONNX tensor element type a device
+can feed or read from numpy (``string`` for ONNX strings), as the agent's ``io`` gate names
+onnxruntime's types. Written out because the agent never imports ``onnx``."""
+SYMBOLIC_DIM_PATTERN = r"^[A-Za-z0-9_?][A-Za-z0-9_.+*/() ?-]{0,63}$"
+"""A symbolic dimension: a name such as ``batch``, ``?`` for an unnamed one, or an exporter's
+expression such as ``floor(s0/2) + 1``; never a quote, a control character or a long text."""
+MAX_UNKNOWN_FIELD_NAMES = 256
+"""Distinct names :data:`unknown_fields` keeps; others count under ``<other>``, so peers that
+invent field names cannot grow it without bound."""
+
+
+class Refusal(StrEnum):
+    """Why a payload was refused: the word receivers count their dropped messages by."""
+
+    TOO_LARGE = "too_large"  # over the size limit; never parsed
+    NOT_JSON = "not_json"  # not UTF-8, not JSON, not an object, or NaN/Infinity
+    TOO_DEEP = "too_deep"  # objects and arrays nest deeper than MAX_DEPTH
+    INVALID = "invalid"  # a field is missing, of the wrong type or out of its bounds
+    UNSUPPORTED_VERSION = "unsupported_version"  # a protocol version this side does not speak
+    WRONG_TOPIC = "wrong_topic"  # a foreign topic, another channel's message, another device
+    UNEXPECTED = "unexpected"  # decoding failed in a way this module did not foresee (a bug)
 
 
 class ProtocolError(ValueError):
-    """A payload or topic that does not follow this contract; the message says why."""
+    """A payload or topic that does not follow this contract; the message says why and
+    :attr:`reason` classifies it."""
+
+    def __init__(self, message: str, reason: Refusal = Refusal.INVALID) -> None:
+        super().__init__(message)
+        self.reason = reason
 
 
 log = logging.getLogger("edgeloop.agent.protocol")
@@ -157,7 +245,7 @@ class Gate(StrEnum):
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     @model_validator(mode="before")
     @classmethod
@@ -173,7 +261,7 @@ class _Strict(BaseModel):
         unknown = data.keys() - cls.model_fields.keys()
         if not unknown:
             return data
-        dropped.extend(f"{cls.__name__}.{name}" for name in sorted(unknown))
+        dropped.extend(f"{cls.__name__}.{name[:64]}" for name in sorted(unknown))
         return {key: value for key, value in data.items() if key not in unknown}
 
 
@@ -189,8 +277,14 @@ class DeviceProfile(_Strict):
 
     name: str = Field(min_length=1, max_length=64)
     cpu_threads: int = Field(ge=1, le=256, description="intra-op threads onnxruntime may use")
-    memory_budget_mb: float = Field(gt=0, description="peak RSS the model process may reach")
-    latency_budget_ms: float = Field(gt=0, description="p95 latency of one inference, batch 1")
+    # Infinity means "no budget" for measuring on a host (agent.runtime.host_profile); JSON has
+    # no infinity, so decode() never lets one in from the wire.
+    memory_budget_mb: float = Field(
+        gt=0, allow_inf_nan=True, description="peak RSS the model process may reach"
+    )
+    latency_budget_ms: float = Field(
+        gt=0, allow_inf_nan=True, description="p95 latency of one inference, batch 1"
+    )
     execution_providers: list[str] = Field(
         default_factory=lambda: ["CPUExecutionProvider"], min_length=1
     )
@@ -209,17 +303,23 @@ class FileRef(_Strict):
     size: int = Field(ge=0)
 
 
+Dimension = Annotated[int, Field(ge=0)] | Annotated[str, Field(pattern=SYMBOLIC_DIM_PATTERN)]
+
+
 class TensorSpec(_Strict):
-    name: str
-    dtype: str = Field(description="numpy dtype name, e.g. float32")
-    shape: list[int | str] = Field(description="dimensions; a string is a symbolic dimension")
+    name: str = Field(min_length=1, max_length=256)
+    dtype: OnnxDtype = Field(description="numpy dtype name, e.g. float32 (see ONNX_DTYPES)")
+    shape: list[Dimension] = Field(
+        max_length=MAX_TENSOR_RANK,
+        description="dimensions: a size, or a string for a symbolic dimension",
+    )
 
 
 class ModelManifest(_Strict):
     """A model version as a device sees it: the files, the I/O contract and how to check it."""
 
-    name: str = Field(min_length=1)
-    version: str = Field(min_length=1)
+    name: str = Field(pattern=NAME_PATTERN)
+    version: str = Field(pattern=VERSION_PATTERN)
     artifact: FileRef
     golden: FileRef = Field(description="npz with arrays `inputs` and `outputs` for the gate")
     inputs: list[TensorSpec] = Field(min_length=1)
@@ -391,8 +491,15 @@ def encode(message: BaseModel) -> bytes:
     return message.model_dump_json(exclude_none=False).encode()
 
 
+_JSON_STRING = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"', re.S)
+_NOT_BRACKET = re.compile(r"[^\[\]{}]+")
+_BRACKET_STEP = {"[": 1, "{": 1, "]": -1, "}": -1}
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
+_SHOWN_PROBLEMS = 5
+
+
 def decode(
-    payload: bytes | str, topic_name: str | None = None
+    payload: bytes | str, topic_name: str | None = None, *, max_bytes: int = MAX_MESSAGE_BYTES
 ) -> Hello | Status | Desired | Report | Telemetry:
     """Parse and validate one payload.
 
@@ -401,44 +508,270 @@ def decode(
     them). When ``topic_name`` is given, the message must be of that topic's channel and name
     the same device as the topic, so a device cannot speak for another one.
 
+    The work is bounded before any parsing: a payload over ``max_bytes`` is refused unread,
+    nesting is measured without recursion, and number literals are checked for length before
+    they are converted. That, and turning any failure this module did not foresee into a
+    :class:`ProtocolError`, is what lets a receiver call this on whatever arrives: a
+    ``RecursionError`` or ``ValueError`` escaping here would end the MQTT client's network
+    thread while the process looks alive.
+
     Raises:
-        ProtocolError: not JSON, a protocol version outside :data:`SUPPORTED_VERSIONS`,
-            unknown type, invalid field, or a message that does not match its topic. The
-            message names the problem.
+        ProtocolError: and nothing else. Its :attr:`~ProtocolError.reason` is
+            ``too_large`` (over ``max_bytes``), ``not_json`` (not UTF-8, not a JSON object,
+            or ``NaN``/``Infinity``), ``too_deep`` (nested deeper than :data:`MAX_DEPTH`),
+            ``unsupported_version`` (``protocol`` outside :data:`SUPPORTED_VERSIONS`),
+            ``invalid`` (unknown type, a field missing or out of bounds, a number that is
+            not finite or does not fit in 64 bits), ``wrong_topic`` (the message does not
+            match its topic) or ``unexpected`` (a bug here; the message names the exception).
+            The message names the problem.
     """
     try:
-        raw = json.loads(payload)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ProtocolError(f"payload is not JSON: {exc}") from None
+        return _decode(payload, topic_name, max_bytes)
+    except ProtocolError:
+        raise
+    except Exception as exc:  # the contract: a receiver only ever sees ProtocolError
+        log.warning("decoding a payload failed unexpectedly", exc_info=True)
+        raise ProtocolError(
+            f"payload could not be decoded: {type(exc).__name__}: {str(exc)[:200]} "
+            "(a fault in the receiver's protocol module; report it with the payload)",
+            Refusal.UNEXPECTED,
+        ) from exc
+
+
+def _decode(
+    payload: bytes | str, topic_name: str | None, max_bytes: int
+) -> Hello | Status | Desired | Report | Telemetry:
+    text = _bounded_text(payload, max_bytes)
+    try:
+        raw = json.loads(
+            text, parse_int=_json_int, parse_float=_json_float, parse_constant=_json_constant
+        )
+    except json.JSONDecodeError as exc:
+        raise ProtocolError(f"payload is not JSON: {exc}", Refusal.NOT_JSON) from None
     if not isinstance(raw, dict):
-        raise ProtocolError(f"payload must be a JSON object, got {type(raw).__name__}")
+        raise ProtocolError(
+            f"payload must be a JSON object, got {type(raw).__name__}", Refusal.NOT_JSON
+        )
     version = raw.get("protocol")
     if isinstance(version, bool) or version not in SUPPORTED_VERSIONS:
         spoken = ", ".join(str(v) for v in SUPPORTED_VERSIONS)
         raise ProtocolError(
-            f"protocol version {version!r} is not supported (this side speaks {spoken})"
+            f"protocol version {reprlib.repr(version)} is not supported "
+            f"(this side speaks {spoken})",
+            Refusal.UNSUPPORTED_VERSION,
         )
     dropped: list[str] = []
     try:
         message = _MESSAGE.validate_python(raw, context={_LENIENT: dropped})
     except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc']) or '<root>'}: {err['msg']}"
-            for err in exc.errors()
-        )
-        raise ProtocolError(f"invalid {raw.get('type', 'untyped')!r} message: {problems}") from None
+        raise ProtocolError(_invalid(raw.get("type"), exc), Refusal.INVALID) from None
     if topic_name is not None:
         device_id, channel = parse_topic(topic_name)
         if not isinstance(message, _CHANNEL_TYPE[channel]):
             raise ProtocolError(
-                f"{message.type!r} message on the {channel.value!r} topic of {device_id!r}"
+                f"{message.type!r} message on the {channel.value!r} topic of {device_id!r}",
+                Refusal.WRONG_TOPIC,
             )
         if message.device_id != device_id:
             raise ProtocolError(
-                f"message names device {message.device_id!r} but came on the topic of {device_id!r}"
+                f"message names device {message.device_id!r} but came on the topic of "
+                f"{device_id!r}",
+                Refusal.WRONG_TOPIC,
             )
+    if _SURROGATE_ESCAPE.search(text):
+        _check_encodable(message)
     if dropped:
-        with _unknown_fields_lock:
-            unknown_fields.update(dropped)
-        log.debug("ignored unknown fields from %s: %s", message.device_id, ", ".join(dropped))
+        _count_unknown(dropped)
+        log.debug("ignored unknown fields from %s: %s", message.device_id, ", ".join(dropped[:20]))
     return message
+
+
+def _bounded_text(payload: bytes | str, max_bytes: int) -> str:
+    """The payload as text, refused if too large, not UTF-8, or nested deeper than
+    :data:`MAX_DEPTH`: checks that cost one pass and never recurse."""
+    if len(payload) > max_bytes:
+        raise ProtocolError(
+            f"payload of {len(payload)} bytes is over the limit of {max_bytes} bytes",
+            Refusal.TOO_LARGE,
+        )
+    if isinstance(payload, str):
+        text = payload
+        if len(text.encode("utf-8", "surrogatepass")) > max_bytes:
+            raise ProtocolError(
+                f"payload is over the limit of {max_bytes} bytes as UTF-8", Refusal.TOO_LARGE
+            )
+    else:
+        try:
+            text = payload.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise ProtocolError(
+                f"payload is not JSON: it is not UTF-8 text ({exc})", Refusal.NOT_JSON
+            ) from None
+    # The parser recurses once per level; measure the deepest level first, strings aside.
+    if text.count("[") + text.count("{") > MAX_DEPTH:
+        skeleton = _NOT_BRACKET.sub("", _JSON_STRING.sub("", text))
+        depth = max(accumulate(map(_BRACKET_STEP.__getitem__, skeleton)), default=0)
+        if depth > MAX_DEPTH:
+            raise ProtocolError(
+                f"payload nests objects and arrays {depth} levels deep; at most {MAX_DEPTH} "
+                "are allowed",
+                Refusal.TOO_DEEP,
+            )
+    return text
+
+
+def _json_int(literal: str) -> int:
+    # Checked as text first: int() of a long digit string is slow, and refused past 4300.
+    value = int(literal) if len(literal) <= _INT_CHARS else None
+    if value is None or not -_INT_BOUND <= value < _INT_BOUND:
+        raise ProtocolError(
+            f"an integer of {len(literal.lstrip('-'))} digits is out of range: integers must "
+            f"fit in 64 signed bits (below {_INT_BOUND} in magnitude)",
+            Refusal.INVALID,
+        )
+    return value
+
+
+def _json_float(literal: str) -> float:
+    if len(literal) > MAX_NUMBER_CHARS:
+        raise ProtocolError(
+            f"a number written with {len(literal)} characters is over the limit of "
+            f"{MAX_NUMBER_CHARS}",
+            Refusal.INVALID,
+        )
+    value = float(literal)
+    if not math.isfinite(value):
+        raise ProtocolError(
+            f"number {literal} is out of range: numbers must be finite", Refusal.INVALID
+        )
+    return value
+
+
+def _json_constant(name: str) -> float:
+    raise ProtocolError(f"payload is not JSON: {name} is not a JSON number", Refusal.NOT_JSON)
+
+
+def _invalid(kind: object, exc: ValidationError) -> str:
+    errors = exc.errors(include_url=False, include_input=False)
+    problems = [
+        f"{'.'.join(str(p) for p in err['loc']) or '<root>'}: {err['msg']}"
+        for err in errors[:_SHOWN_PROBLEMS]
+    ]
+    if len(errors) > _SHOWN_PROBLEMS:
+        problems.append(f"and {len(errors) - _SHOWN_PROBLEMS} more problems")
+    shown = reprlib.repr(kind) if isinstance(kind, str) else "untyped"
+    return f"invalid {shown} message: {'; '.join(problems)}"
+
+
+def _check_encodable(message: BaseModel) -> None:
+    """A ``\\ud800`` escape alone is valid JSON but no text: refuse it here rather than have
+    the receiver fail to store or forward it."""
+    try:
+        message.model_dump_json()
+    except PydanticSerializationError:
+        raise ProtocolError(
+            "a text field is not valid Unicode (an unpaired surrogate escape such as \\ud800)",
+            Refusal.INVALID,
+        ) from None
+
+
+def _count_unknown(dropped: list[str]) -> None:
+    with _unknown_fields_lock:
+        for name in dropped:
+            if name not in unknown_fields and len(unknown_fields) >= MAX_UNKNOWN_FIELD_NAMES:
+                name = "<other>"
+            unknown_fields[name] += 1
+
+
+# --------------------------------------------------------------------------- receivers
+
+_P = ParamSpec("_P")
+
+
+class IntakeStats(BaseModel):
+    """What a receiver has done with the messages that reached it; part of its health."""
+
+    messages_handled: int = Field(default=0, ge=0, description="messages decoded and acted on")
+    last_message_at: datetime | None = Field(
+        default=None, description="when the last message was acted on; null before the first"
+    )
+    dropped: dict[str, int] = Field(
+        default_factory=dict,
+        description="messages dropped, by reason: a Refusal word, or the receiver's own "
+        "(e.g. store_failed)",
+    )
+
+
+class Intake:
+    """One receiver's account of what reaches it over MQTT, and the guard on its callbacks.
+
+    Both sides use it, so a bad payload is refused, logged and counted the same way on a
+    device and on the server. A message is either handled (counted, with its time) or dropped
+    (counted by reason): never retried, because the same bytes would fail the same way, and a
+    QoS 1 message the callback does not return from is redelivered on every reconnect.
+    """
+
+    def __init__(self, logger: logging.Logger, *, failure_reason: str = "handler_failed") -> None:
+        """``failure_reason``: the word a drop is counted under when the handler raises."""
+        self._log = logger
+        self._failure_reason = failure_reason
+        self._lock = threading.Lock()
+        self._handled = 0
+        self._last_message_at: datetime | None = None
+        self._dropped: Counter[str] = Counter()
+
+    def receive(
+        self,
+        topic_name: str,
+        payload: bytes,
+        handle: Callable[[Hello | Status | Desired | Report | Telemetry], None],
+        *,
+        max_bytes: int = MAX_MESSAGE_BYTES,
+    ) -> None:
+        """Decode one payload and hand it to ``handle``; drop it, with its reason, if either
+        fails. Returns normally in every case."""
+        try:
+            message = decode(payload, topic_name, max_bytes=max_bytes)
+        except ProtocolError as exc:
+            self.drop(exc.reason, topic_name, str(exc))
+            return
+        try:
+            handle(message)
+        except ProtocolError as exc:
+            self.drop(exc.reason, topic_name, str(exc))
+            return
+        except Exception:
+            self._log.exception("failed to handle %s from %s", message.type, message.device_id)
+            self.drop(self._failure_reason, topic_name, "the handler raised (logged above)")
+            return
+        with self._lock:
+            self._handled += 1
+            self._last_message_at = datetime.now(UTC)
+
+    def drop(self, reason: str, topic_name: str, detail: str) -> None:
+        self._log.warning("dropped message on %s (%s): %s", topic_name, reason, detail[:500])
+        with self._lock:
+            self._dropped[str(reason)] += 1
+
+    def stats(self) -> IntakeStats:
+        with self._lock:
+            return IntakeStats(
+                messages_handled=self._handled,
+                last_message_at=self._last_message_at,
+                dropped=dict(self._dropped),
+            )
+
+    def guard(self, callback: Callable[_P, None]) -> Callable[_P, None]:
+        """``callback`` made safe for an MQTT client: whatever it raises is logged, never
+        passed on. paho-mqtt re-raises a callback's exception in its network thread, which
+        ends that thread and, for a message, skips its acknowledgement."""
+
+        @functools.wraps(callback)
+        def guarded(*args: _P.args, **kwargs: _P.kwargs) -> None:
+            try:
+                callback(*args, **kwargs)
+            except Exception:
+                self._log.exception("MQTT callback %s failed; the connection goes on", name)
+
+        name = getattr(callback, "__name__", repr(callback))
+        return guarded

@@ -147,33 +147,31 @@ def measure(session: ort.InferenceSession, golden: Golden, runs: int) -> Measure
     )
 
 
+def proc_status_mb(field: str, pid: int | str = "self") -> float | None:
+    """A memory figure of ``/proc/<pid>/status`` in MB (``VmHWM``, ``VmSize``, ``VmPeak``...);
+    None off Linux, for a process gone, or a field the kernel does not show (a zombie's)."""
+    try:
+        with open(f"/proc/{pid}/status") as status:
+            for line in status:
+                if line.startswith(f"{field}:"):
+                    return int(line.split()[1]) / 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
 def peak_rss_mb() -> float:
     """Peak resident set size of this program, in MB.
 
     Linux's ``VmHWM`` is reset by exec, unlike ``ru_maxrss``, which keeps the peak of the
     forked parent's pages: an agent started by a large process would report that process's
-    memory as its own.
+    memory as its own. So a fresh process per measurement (the agent's validation child, the
+    compressor's memory probe) reports that measurement's peak alone.
     """
-    try:
-        for line in open("/proc/self/status"):
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
+    peak = proc_status_mb("VmHWM")
+    if peak is not None:
+        return peak
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
-def reset_peak_rss() -> bool:
-    """Start a new peak: Linux resets ``VmHWM`` to the current RSS when a process writes 5 to
-    its ``clear_refs``. Without it the peak is lifelong, and a device that once validated a
-    large model would report that peak for every smaller model after it. Returns whether the
-    reset happened (False off Linux or on kernels without it)."""
-    try:
-        with open("/proc/self/clear_refs", "w") as refs:
-            refs.write("5")
-        return True
-    except OSError:
-        return False
 
 
 def release_free_memory() -> None:

@@ -14,6 +14,10 @@ Invariants:
 - :func:`resume` is the one place that decides what a restarted agent does with the state it
   finds; a state entered too often in a row (a model that crashes the agent, say) stops the
   update instead of looping.
+- A model that failed on this device is remembered (:class:`FailedModel`, at most
+  :data:`MAX_FAILED_MODELS`, in the same record) and refused at once when a later revision
+  names it again, unless it failed for a reason of the moment (:data:`RETRIED_GATES`) or was
+  judged against a budget the device has since relaxed.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+from collections.abc import Callable
 from datetime import UTC, datetime
 from enum import StrEnum
 from pathlib import Path
@@ -31,11 +36,28 @@ from .protocol import Desired, Energy, Gate, LatencyStats, Phase
 
 log = logging.getLogger("edgeloop.agent.states")
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+READABLE_SCHEMAS = frozenset({1, SCHEMA_VERSION})
+"""Schema 1 had no remembered failures; it reads as a record with none."""
 MAX_RESUMES = 3
 """Restarts tolerated in one non-terminal state before the update is abandoned."""
 
 TERMINAL = frozenset({Phase.IDLE, Phase.COMMITTED, Phase.ROLLED_BACK, Phase.FAILED})
+
+MAX_FAILED_MODELS = 64
+"""Failed models remembered; the oldest is forgotten first (a record stays a few KB)."""
+
+RETRIED_GATES = frozenset({Gate.DISK, Gate.DOWNLOAD, Gate.VERIFY, Gate.ACTIVATE, Gate.OPERATOR})
+"""Refusals that say something about the moment, not about the model, so the same model may
+be sent again: storage that may be freed, a network that may come back, bytes that were not the
+model at all (``verify``: the SHA-256 names the model we never received), a load that failed
+in the serving process after the model passed validation, an operator's choice. ``restarts`` is
+retried only when it struck before the candidate served (power, not the model; validation runs
+in a child process that cannot take the agent down); abandoned while the candidate served, it
+is remembered."""
+
+GOLDEN_GATES = frozenset({Gate.GOLDEN, Gate.FINITE})
+"""Verdicts on the model together with its golden file: another golden file is another test."""
 
 
 class Slot(StrEnum):
@@ -66,6 +88,8 @@ class Event(StrEnum):
     BREACH = "breach"
     OPERATOR_ROLLBACK = "operator_rollback"
     RESTARTED_TOO_OFTEN = "restarted_too_often"
+    NO_SPACE = "no_space"  # the device's own storage refused a write
+    FAILED_BEFORE = "failed_before"  # the desired model already failed on this device
 
 
 _READY = (Phase.IDLE, Phase.COMMITTED, Phase.ROLLED_BACK, Phase.FAILED)
@@ -74,14 +98,18 @@ TRANSITIONS: dict[tuple[Phase, Event], Phase] = {
     # a new desired revision starts an update from any resting state
     **{(state, Event.NEW_REVISION): Phase.DOWNLOADING for state in _READY},
     **{(state, Event.CLEARED): Phase.IDLE for state in _READY},
+    # ... unless its model already failed here: refused at once, nothing fetched
+    **{(state, Event.FAILED_BEFORE): Phase.FAILED for state in _READY},
     # getting the bytes: download (hashing while streaming), then re-check what is on disk
     (Phase.DOWNLOADING, Event.DOWNLOADED): Phase.VERIFYING,
     (Phase.DOWNLOADING, Event.DOWNLOAD_FAILED): Phase.FAILED,
     (Phase.DOWNLOADING, Event.REJECTED): Phase.FAILED,  # too big for the device: not fetched
     (Phase.DOWNLOADING, Event.CORRUPT): Phase.FAILED,
+    (Phase.DOWNLOADING, Event.NO_SPACE): Phase.FAILED,  # partial download removed
     (Phase.VERIFYING, Event.VERIFIED): Phase.VALIDATING,
     (Phase.VERIFYING, Event.CORRUPT): Phase.FAILED,
-    # gates run beside the serving model; nothing has changed for applications yet
+    (Phase.VERIFYING, Event.NO_SPACE): Phase.FAILED,  # the slot could not be written
+    # gates run in a child process beside the serving model; nothing changed for applications
     (Phase.VALIDATING, Event.PASSED): Phase.ACTIVATING,
     (Phase.VALIDATING, Event.REJECTED): Phase.FAILED,
     # the switch: candidate slot becomes current; the committed one stays on disk
@@ -125,15 +153,75 @@ class SlotModel(BaseModel):
 
 
 class Measured(BaseModel):
-    """What validation measured on the device; carried to the update's report."""
+    """What validation measured on the device, as far as it got; carried to the report.
+
+    A model refused mid-way (out of memory on its golden inputs, say) still reports the peak
+    RSS it reached; the figures of the steps it never reached stay None.
+    """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    golden_max_abs_err: float
-    latency: LatencyStats
+    golden_max_abs_err: float | None = None
+    latency: LatencyStats | None = None
     peak_rss_mb: float
-    energy: Energy
-    providers: list[str]
+    energy: Energy | None = None
+    providers: list[str] = Field(default_factory=list)
+
+
+class FailedModel(BaseModel):
+    """A model that failed on this device, and why: enough to refuse it again with reasons."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    sha256: str = Field(description="SHA-256 of the model artifact")
+    golden_sha256: str
+    label: str = Field(description="`name:version` as it was sent")
+    revision: int = Field(description="the desired revision it failed on")
+    gate: Gate
+    reason: str
+    budget: float | None = Field(
+        default=None, description="for a budget gate (size, latency, memory): the budget it failed"
+    )
+
+
+def remember_failure(failed: list[FailedModel], entry: FailedModel) -> list[FailedModel]:
+    """``failed`` with ``entry`` as the newest verdict on its model, bounded."""
+    kept = [f for f in failed if f.sha256 != entry.sha256]
+    return [*kept, entry][-MAX_FAILED_MODELS:]
+
+
+def worth_remembering(state: Phase, gate: Gate | None) -> bool:
+    """Whether an update that ended in ``state`` on ``gate`` condemns its model on this device."""
+    if state not in (Phase.FAILED, Phase.ROLLED_BACK) or gate is None:
+        return False
+    if gate == Gate.RESTARTS:
+        return state == Phase.ROLLED_BACK
+    return gate not in RETRIED_GATES
+
+
+def failed_before(
+    failed: list[FailedModel],
+    sha256: str,
+    golden_sha256: str,
+    budget_now: Callable[[Gate], float | None],
+) -> FailedModel | None:
+    """The remembered failure that still condemns this model, if any.
+
+    A model refused against a budget (``entry.budget`` set) may pass a looser one: that
+    failure counts only while ``budget_now(gate)``, the budget it would be judged against now
+    (None: no limit), is no looser than the one it failed under.
+    """
+    for entry in reversed(failed):
+        if entry.sha256 != sha256:
+            continue
+        if entry.gate in GOLDEN_GATES and entry.golden_sha256 != golden_sha256:
+            continue
+        if entry.budget is not None:
+            now = budget_now(entry.gate)
+            if now is None or now > entry.budget:
+                continue
+        return entry
+    return None
 
 
 class UpdateRecord(BaseModel):
@@ -159,6 +247,9 @@ class UpdateRecord(BaseModel):
     agreement: float | None = None
     resumes: int = Field(default=0, ge=0, description="restarts in the current state")
     reported: bool = Field(default=False, description="the terminal report was queued")
+    failed: list[FailedModel] = Field(
+        default_factory=list, description="models that failed here, oldest first"
+    )
     entered_at: datetime = Field(default_factory=lambda: datetime.now(UTC))
 
     def enter(self, state: Phase, **changes: object) -> UpdateRecord:
@@ -212,12 +303,13 @@ class StateStore:
             return UpdateRecord()
         try:
             data = json.loads(raw)
-            if data.get("schema_version") != SCHEMA_VERSION:
+            if data.get("schema_version") not in READABLE_SCHEMAS:
                 raise StateFileError(
                     f"{self.path} has schema {data.get('schema_version')!r}, this agent reads "
-                    f"{SCHEMA_VERSION}; upgrade the agent or move the file away to start afresh"
+                    f"{sorted(READABLE_SCHEMAS)}; upgrade the agent or move the file away to "
+                    "start afresh"
                 )
-            return UpdateRecord.model_validate(data)
+            return UpdateRecord.model_validate({**data, "schema_version": SCHEMA_VERSION})
         except (json.JSONDecodeError, ValidationError, AttributeError) as exc:
             raise StateFileError(
                 f"{self.path} is not a valid agent state ({exc}); move it away to start afresh "

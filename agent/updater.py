@@ -5,10 +5,18 @@ agent is stopping mid-step: the state stays persisted and is resumed on the next
 :meth:`Updater._transition` persists the next record *before* the next step runs, and
 settles the resting states (which model serves, which report goes out) idempotently, so
 running a settle twice after a crash changes nothing.
+
+Nothing a model or the device's disk does ends the agent: validation runs in a child process
+(:mod:`edgeloop.agent.sandbox`), a full disk ends a download on the ``disk`` gate, and a state
+file that cannot be written leaves the committed model serving while the step is retried with
+capped backoff. Budgets are the device's own, tightened by the desired state, never relaxed
+(:func:`~edgeloop.agent.validate.effective_profile`); a model that failed here before is
+refused at once (:func:`~edgeloop.agent.states.failed_before`).
 """
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import random
@@ -23,32 +31,36 @@ from pathlib import Path
 import requests
 
 from .config import AgentConfig
-from .errors import AgentError, ArtifactError, GateError, TransportError
-from .fetch import fetch
+from .errors import AgentError, ArtifactError, GateError, StorageError, TransportError
+from .fetch import fetch, held_bytes
 from .golden import load_golden
 from .host import LoadedModel, ModelHost
-from .protocol import Desired, FileRef, Gate, ModelManifest, Phase, Report
-from .runtime import (
-    measure,
-    open_session,
-    peak_rss_mb,
-    release_free_memory,
-    reset_peak_rss,
-)
-from .sensors import EnergyMeter, find_sensor
+from .protocol import Desired, DeviceProfile, FileRef, Gate, ModelManifest, Phase, Report
+from .runtime import open_session, release_free_memory
+from .sandbox import ValidationRequest, validate_in_child
 from .slots import SlotContents, Slots, sha256_file
 from .states import (
     TERMINAL,
     Event,
-    Measured,
+    FailedModel,
     Slot,
     SlotModel,
     StateStore,
     UpdateRecord,
+    failed_before,
     next_state,
+    remember_failure,
     resume,
+    worth_remembering,
 )
-from .validate import check_budgets, check_golden, check_io, check_size
+from .validate import (
+    BUDGET_GATES,
+    budget_of,
+    budget_verdicts,
+    check_budgets,
+    check_size,
+    effective_profile,
+)
 
 log = logging.getLogger("edgeloop.agent.updater")
 
@@ -59,8 +71,10 @@ state (set only on the process under test; its restart runs without it)."""
 DISK_MARGIN_BYTES = 16 * 2**20
 """Free space kept beyond the download itself: the state file, logs and the outbox need room."""
 
-BUDGET_GATES = (Gate.LATENCY, Gate.MEMORY, Gate.SIZE)
-"""The gates that compare a measurement with a profile budget (``report.budget_detail``)."""
+STORAGE_RETRY_S = (1.0, 60.0)
+"""First and longest wait between attempts while the state file cannot be written."""
+
+_NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
 
 
 @dataclass
@@ -82,11 +96,12 @@ class Updater:
         self.store = StateStore(workdir / "state.json")
         self.slots = Slots(workdir)
         self.record = self.store.load()
+        self._persisted = self.record
+        self._recovered = False
+        self._wanted: Desired | None = None
         self.stopping = threading.Event()
         self.rollback_requested = threading.Event()
         self._http = requests.Session()
-        self._sensor = find_sensor()
-        self._validated: LoadedModel | None = None
         self._lock = threading.RLock()
 
     # ------------------------------------------------------------------ entry points
@@ -95,83 +110,149 @@ class Updater:
         """Recover from whatever the last run left on disk; serve the model that is safe.
 
         Resting states are settled again (idempotent); an interrupted update is resumed where
-        it stopped, or abandoned if it kept killing the agent.
+        it stopped, or abandoned if it kept killing the agent. When the state file cannot be
+        written (a full or failing disk), the committed model serves and :meth:`run` retries:
+        an agent that crashed here would restart into the same wall, forever, and serve
+        nothing meanwhile.
         """
-        with self._lock:
-            self.slots.clean()
-            record, event = resume(self.record)
-            if record.state not in TERMINAL:
-                log.warning(
-                    "resuming %s of revision %s (restart %d)",
-                    record.state,
-                    record.revision,
-                    record.resumes,
-                )
-                self._save(record)
-            if event is not None:
-                self._transition(
-                    event,
-                    reason=f"agent restarted {record.resumes - 1} times during {record.state}",
-                    gate=Gate.RESTARTS,
-                )
-            elif record.state in TERMINAL:
-                self._settle()
-            elif record.state == Phase.PROBATION:
-                self._serve(self.record.candidate)
-            else:
-                self._serve(self.record.committed)
+        self._attempt(self._recover)
 
     def apply(self, desired: Desired) -> None:
         """Bring the device to ``desired`` (called for every desired message received)."""
         with self._lock:
-            if self.record.state not in TERMINAL:
-                self.run()
-            if desired.revision == self.record.revision:
-                log.info("revision %d already handled (%s)", desired.revision, self.record.state)
-                return
-            if desired.model is None:
-                self._transition(
-                    Event.CLEARED,
-                    revision=desired.revision,
-                    desired=desired,
-                    previous=self.record.committed or self.record.previous,
-                    committed=None,
-                    candidate=None,
-                    reason=None,
-                    gate=None,
-                )
-                return
-            manifest = desired.model
-            committed = self.record.committed
-            target = committed.slot.other if committed else Slot.A
-            if self.slots.active() == target:  # e.g. after "run nothing" pointed elsewhere
-                target = target.other
-            self._transition(
-                Event.NEW_REVISION,
-                revision=desired.revision,
-                desired=desired,
-                candidate=SlotModel(
-                    slot=target,
-                    label=f"{manifest.name}:{manifest.version}",
-                    sha256=manifest.artifact.sha256,
-                    revision=desired.revision,
-                ),
-                reason=None,
-                gate=None,
-                measured=None,
-                agreement=None,
-            )
-            self.run()
+            self._wanted = desired
+        self.run()
 
     def run(self) -> None:
-        """Run steps until a resting state (or until the agent stops mid-update)."""
-        with self._lock:
-            while self.record.state not in TERMINAL and not self.stopping.is_set():
-                step = getattr(self, f"_step_{self.record.state.value}")
-                event = step()
-                if event is None:
-                    return
-                self._transition(event)
+        """Finish the update in progress, then start the newest desired one, if any.
+
+        Returns once the device rests, or when the agent stops. While the disk refuses the
+        state file it keeps the committed model serving and tries again, after 1 s, doubling
+        up to a minute between attempts.
+        """
+        delay, longest = STORAGE_RETRY_S
+        while not self.stopping.is_set():
+            if self._attempt(self._advance):
+                return
+            if self.stopping.wait(delay):
+                return
+            delay = min(delay * 2, longest)
+
+    def _attempt(self, work: Callable[[], None]) -> bool:
+        """Run ``work``; on a storage error, serve the committed model and return False.
+
+        A full disk holding our own partial download frees that first and tries once more:
+        a partial file only saves a re-download, while the state file is what lets the
+        device act at all.
+        """
+        reclaimed = False
+        while True:
+            with self._lock:
+                try:
+                    work()
+                    return True
+                except OSError as exc:
+                    self._storage_trouble(exc)
+                    if reclaimed or exc.errno not in _NO_SPACE or not self._reclaim_partials():
+                        return False
+                    reclaimed = True
+
+    def _recover(self) -> None:
+        self.slots.clean()
+        record, event = resume(self._persisted)
+        if record.state not in TERMINAL:
+            log.warning(
+                "resuming %s of revision %s (restart %d)",
+                record.state,
+                record.revision,
+                record.resumes,
+            )
+            self._save(record)
+        if event is not None:
+            self._transition(
+                event,
+                reason=f"agent restarted {record.resumes - 1} times during {record.state}",
+                gate=Gate.RESTARTS,
+            )
+        elif record.state in TERMINAL:
+            self._settle()
+        elif record.state == Phase.PROBATION:
+            self._serve(self.record.candidate)
+        else:
+            self._serve(self.record.committed)
+        self._recovered = True
+
+    def _advance(self) -> None:
+        if not self._recovered:
+            self._recover()
+        self._run_steps()
+        wanted = self._wanted
+        if wanted is None or self.record.state not in TERMINAL:
+            return
+        self._wanted = None
+        if wanted.revision == self.record.revision:
+            log.info("revision %d already handled (%s)", wanted.revision, self.record.state)
+            return
+        self._begin(wanted)
+        self._run_steps()
+
+    def _begin(self, desired: Desired) -> None:
+        if desired.model is None:
+            self._transition(
+                Event.CLEARED,
+                revision=desired.revision,
+                desired=desired,
+                previous=self.record.committed or self.record.previous,
+                committed=None,
+                candidate=None,
+                reason=None,
+                gate=None,
+            )
+            return
+        manifest = desired.model
+        committed = self.record.committed
+        target = committed.slot.other if committed else Slot.A
+        if self.slots.active() == target:  # e.g. after "run nothing" pointed elsewhere
+            target = target.other
+        update: dict[str, object] = {
+            "revision": desired.revision,
+            "desired": desired,
+            "candidate": SlotModel(
+                slot=target,
+                label=f"{manifest.name}:{manifest.version}",
+                sha256=manifest.artifact.sha256,
+                revision=desired.revision,
+            ),
+            "reason": None,
+            "gate": None,
+            "measured": None,
+            "agreement": None,
+        }
+        profile = self._profile_of(desired)
+        known = failed_before(
+            self.record.failed,
+            manifest.artifact.sha256,
+            manifest.golden.sha256,
+            lambda gate: budget_of(profile, gate),
+        )
+        if known is not None:
+            reason = (
+                f"refused without trying: {known.label} failed on this device before, on "
+                f"revision {known.revision} ({known.reason})"
+            )
+            log.error("%s", reason)
+            update.update(gate=known.gate, reason=reason)
+            self._transition(Event.FAILED_BEFORE, **update)
+            return
+        self._transition(Event.NEW_REVISION, **update)
+
+    def _run_steps(self) -> None:
+        while self.record.state not in TERMINAL and not self.stopping.is_set():
+            step = getattr(self, f"_step_{self.record.state.value}")
+            event = step()
+            if event is None:
+                return
+            self._transition(event)
 
     def operator_rollback(self) -> UpdateRecord:
         """Go back to the previous committed model (``edgeloop-agent rollback``).
@@ -195,14 +276,21 @@ class Updater:
                     f"nothing to roll back to: state {record.state}, previous model "
                     f"{record.previous.label if record.previous else 'none'}"
                 )
-            self._transition(
-                Event.OPERATOR_ROLLBACK,
-                candidate=record.committed,
-                committed=record.previous,
-                previous=None,
-                reason="operator rollback",
-                gate=Gate.OPERATOR,
-            )
+            try:
+                self._transition(
+                    Event.OPERATOR_ROLLBACK,
+                    candidate=record.committed,
+                    committed=record.previous,
+                    previous=None,
+                    reason="operator rollback",
+                    gate=Gate.OPERATOR,
+                )
+            except OSError as exc:
+                self._storage_trouble(exc)
+                raise AgentError(
+                    f"cannot write {self.store.path} ({exc.strerror or exc}); nothing was "
+                    "rolled back: free space on the device's disk and try again"
+                ) from exc
             return self.record
 
     # ------------------------------------------------------------------ steps
@@ -210,23 +298,27 @@ class Updater:
     def _step_downloading(self) -> Event | None:
         manifest = self._manifest()
         try:
-            check_size(manifest, self._desired().profile)
+            check_size(manifest, self._profile())
         except GateError as exc:
             return self._fail(Event.REJECTED, exc.gate, str(exc))
-        needed = sum(ref.size for ref in (manifest.artifact, manifest.golden))
+        refs = (manifest.artifact, manifest.golden)
+        # What is already here (a download a restart interrupted) needs no room again.
+        needed = sum(ref.size - held_bytes(ref, self.blobs) for ref in refs)
         free = shutil.disk_usage(self.config.workdir).free
         if free < needed + DISK_MARGIN_BYTES:
             return self._fail(
-                Event.DOWNLOAD_FAILED,
+                Event.NO_SPACE,
                 Gate.DISK,
-                f"{free / 2**20:.1f} MB free, the download needs {needed / 2**20:.1f} MB "
-                f"plus {DISK_MARGIN_BYTES / 2**20:.0f} MB margin",
+                f"{free / 2**20:.1f} MB free, the download needs {needed / 2**20:.1f} MB more "
+                f"plus {DISK_MARGIN_BYTES / 2**20:.0f} MB margin; free space on the device",
             )
         try:
-            for ref in (manifest.artifact, manifest.golden):
+            for ref in refs:
                 self._fetch(ref)
         except ArtifactError as exc:
             return self._fail(Event.CORRUPT, Gate.VERIFY, str(exc))
+        except StorageError as exc:
+            return self._fail(Event.NO_SPACE, Gate.DISK, str(exc))
         except TransportError as exc:
             return (
                 None
@@ -249,69 +341,65 @@ class Updater:
                     Event.CORRUPT, Gate.VERIFY, f"{ref.url}: SHA-256 mismatch on disk"
                 )
         candidate = self._candidate()
-        self.slots.install(
-            candidate.slot,
-            self.blobs / manifest.artifact.sha256,
-            self.blobs / manifest.golden.sha256,
-            manifest,
-        )
+        try:
+            self.slots.install(
+                candidate.slot,
+                self.blobs / manifest.artifact.sha256,
+                self.blobs / manifest.golden.sha256,
+                manifest,
+            )
+        except OSError as exc:
+            return self._fail(
+                Event.NO_SPACE,
+                Gate.DISK,
+                f"cannot install into slot {candidate.slot} ({exc.strerror or exc}); free "
+                "space on the device's disk",
+            )
         return Event.VERIFIED
 
     def _step_validating(self) -> Event | None:
         manifest = self._manifest()
-        profile = self._desired().profile
+        profile = self._profile()
         contents = self.slots.contents(self._candidate().slot, verify=False)
-        # The peak counts from here: what is resident now (the serving model) plus this one.
-        release_free_memory()
-        reset_peak_rss()
-        try:
-            session = open_session(contents.model_path, profile)
-            check_io(session, manifest)
-            golden = load_golden(contents.golden_path, [i.name for i in session.get_inputs()])
-            golden_err = check_golden(session, golden, manifest)
-            meter = EnergyMeter(self._sensor)
-            meter.start()
-            measurement = measure(session, golden, self.config.inferences)
-            energy = meter.stop(
-                cpu_seconds=measurement.cpu_seconds, inferences=measurement.latency.n
-            )
-            rss = peak_rss_mb()
-        except GateError as exc:
-            log.error("validation refused %s: %s", contents.label, exc)
-            return self._fail(Event.REJECTED, exc.gate, str(exc))
-        # Kept even when a budget refuses the model: the server calibrates its picture of
-        # this device class from what the device measured, over budget or not.
-        self.record = self.record.model_copy(
-            update={
-                "measured": Measured(
-                    golden_max_abs_err=golden_err,
-                    latency=measurement.latency,
-                    peak_rss_mb=rss,
-                    energy=energy,
-                    providers=session.get_providers(),
-                )
-            }
+        verdict = validate_in_child(
+            ValidationRequest(
+                model_path=contents.model_path,
+                golden_path=contents.golden_path,
+                manifest=manifest,
+                profile=profile,
+                inferences=self.config.inferences,
+            ),
+            self.stopping,
         )
+        if verdict is None:
+            return None
+        # Kept even when a gate refuses the model: the server calibrates its picture of
+        # this device class from what the device measured, over budget or not.
+        measured = verdict.measured
+        self.record = self.record.model_copy(update={"measured": measured})
+        if verdict.gate is not None:
+            log.error("validation refused %s: %s", contents.label, verdict.reason)
+            return self._fail(Event.REJECTED, verdict.gate, verdict.reason or str(verdict.gate))
+        assert measured is not None and measured.latency is not None
         try:
-            check_budgets(measurement.latency, rss, profile)
+            check_budgets(measured.latency, measured.peak_rss_mb, profile)
         except GateError as exc:
             log.error("validation refused %s: %s", contents.label, exc)
             return self._fail(Event.REJECTED, exc.gate, str(exc))
-        self._validated = LoadedModel.of(contents.label, session, manifest)
         log.info(
             "%s passed every gate: p95 %.3f ms, peak RSS %.1f MB",
             contents.label,
-            measurement.latency.p95_ms,
-            rss,
+            measured.latency.p95_ms,
+            measured.peak_rss_mb,
         )
         return Event.PASSED
 
     def _step_activating(self) -> Event | None:
         candidate = self._candidate()
         try:
-            loaded = self._load(candidate)
-        except AgentError as exc:
-            return self._fail(Event.ACTIVATION_FAILED, Gate.ACTIVATE, str(exc))
+            loaded = self._load(candidate)  # validated in the child; this process opens it now
+        except (AgentError, MemoryError) as exc:
+            return self._fail(Event.ACTIVATION_FAILED, Gate.ACTIVATE, str(exc) or repr(exc))
         self.slots.point_to(candidate.slot)
         self.host.swap(loaded)
         return Event.ACTIVATED
@@ -323,7 +411,7 @@ class Updater:
         yet still compares the two models before committing.
         """
         manifest = self._manifest()
-        profile = self._desired().profile
+        profile = self._profile()
         if self.host.model is None or self.host.model.manifest != manifest:
             self._serve(self._candidate())
         previous = self._previous_loaded()
@@ -392,14 +480,32 @@ class Updater:
                 **changes,
             }
         record = self.record.enter(state, **changes)
+        if event != Event.FAILED_BEFORE and worth_remembering(record.state, record.gate):
+            record = record.model_copy(update={"failed": self._remembered(record)})
         self._save(record)
         log.info("%s -> %s on %s", event.value, state, record.revision)
         if state in TERMINAL:
             self._settle()
 
+    def _remembered(self, record: UpdateRecord) -> list[FailedModel]:
+        """``record.failed`` with its own candidate added: saved with the verdict, at once."""
+        desired, candidate, gate = record.desired, record.candidate, record.gate
+        assert desired is not None and desired.model is not None
+        assert candidate is not None and gate is not None
+        entry = FailedModel(
+            sha256=candidate.sha256,
+            golden_sha256=desired.model.golden.sha256,
+            label=candidate.label,
+            revision=candidate.revision,
+            gate=gate,
+            reason=(record.reason or "")[:500],
+            budget=budget_of(self._profile_of(desired), gate),
+        )
+        return remember_failure(record.failed, entry)
+
     def _save(self, record: UpdateRecord) -> None:
         self.store.save(record)
-        self.record = record
+        self.record = self._persisted = record
         if os.environ.get(KILL_AT_ENV) == record.state.value:
             os.kill(os.getpid(), signal.SIGKILL)
         self.hooks.on_state(record)
@@ -410,13 +516,45 @@ class Updater:
         self.host.stop_shadow()
         self.slots.point_to(record.committed.slot if record.committed else None)
         self._serve(record.committed)
-        self._validated = None
         if self.blobs.exists():
             shutil.rmtree(self.blobs, ignore_errors=True)
         release_free_memory()
         if not record.reported and record.candidate is not None:
-            self.hooks.on_report(self._report())
+            try:
+                self.hooks.on_report(self._report())
+            except Exception:  # the outbox on a full disk, say: the next start queues it again
+                log.exception("could not queue the report of revision %s", record.revision)
+                return
             self._save(record.model_copy(update={"reported": True}))
+
+    def _storage_trouble(self, exc: OSError) -> None:
+        """The flow cannot go on (mostly: the disk refused the state file): back to what is
+        persisted, serve the committed model, and say what to do."""
+        self.record = self._persisted
+        committed = self.record.committed
+        log.error(
+            "the update cannot go on (%s); serving %s and trying again. If the disk under %s "
+            "is full or read-only, free space on it or repair it",
+            exc,
+            committed.label if committed else "nothing",
+            self.config.workdir,
+        )
+        self.host.stop_shadow()
+        self._serve(committed)
+
+    def _reclaim_partials(self) -> int:
+        """Delete our own partial downloads; returns the bytes freed."""
+        freed = 0
+        for part in self.blobs.glob("*.part"):
+            try:
+                size = part.stat().st_size
+                part.unlink()
+            except OSError:
+                continue
+            freed += size
+        if freed:
+            log.warning("removed %.1f MB of partial downloads to write the state", freed / 2**20)
+        return freed
 
     def _fail(self, event: Event, gate: Gate, reason: str) -> Event:
         self.record = self.record.model_copy(update={"gate": gate, "reason": reason})
@@ -431,9 +569,19 @@ class Updater:
         assert candidate is not None
         measured = record.measured
         ok = record.state == Phase.COMMITTED and record.gate is None
-        budget = {gate.value: True for gate in BUDGET_GATES} if measured else {}
-        if record.gate in budget:
-            budget[record.gate] = False
+        detail: dict[str, bool] = {}
+        if measured is not None:
+            model = record.desired.model if record.desired else None
+            size = model.artifact.size if model else 0
+            verdicts = budget_verdicts(
+                self._profile(),
+                latency=measured.latency,
+                peak_rss_mb=measured.peak_rss_mb,
+                size_bytes=size,
+            )
+            if record.gate in BUDGET_GATES:
+                verdicts[record.gate] = False  # refused before the figure could show it
+            detail = {gate.value: within for gate, within in verdicts.items()}
         return Report(
             device_id=self.config.device_id,
             revision=record.revision or 0,
@@ -446,8 +594,8 @@ class Updater:
             latency=measured.latency if measured else None,
             peak_rss_mb=measured.peak_rss_mb if measured else None,
             energy=measured.energy if measured else None,
-            within_budget=(record.gate not in BUDGET_GATES) if measured else None,
-            budget_detail=budget,
+            within_budget=all(detail.values()) if measured else None,
+            budget_detail=detail,
             error=record.reason,
             gate=record.gate,
             running=record.committed.label if record.committed else None,
@@ -469,12 +617,8 @@ class Updater:
             self.host.swap(None)
 
     def _load(self, model: SlotModel) -> LoadedModel:
-        validated = self._validated
-        if validated is not None and validated.manifest.artifact.sha256 == model.sha256:
-            return validated
         contents: SlotContents = self.slots.contents(model.slot)
-        profile = self._desired().profile if self.record.desired else self.config.profile
-        session = open_session(contents.model_path, profile)
+        session = open_session(contents.model_path, self._profile())
         return LoadedModel.of(contents.label, session, contents.manifest)
 
     def _previous_loaded(self) -> LoadedModel | None:
@@ -505,6 +649,14 @@ class Updater:
     def _desired(self) -> Desired:
         assert self.record.desired is not None, "an update without a desired state"
         return self.record.desired
+
+    def _profile(self) -> DeviceProfile:
+        """The budgets of the current update (the device's own without one)."""
+        desired = self.record.desired
+        return self._profile_of(desired) if desired else self.config.profile
+
+    def _profile_of(self, desired: Desired) -> DeviceProfile:
+        return effective_profile(self.config.profile, desired.profile)
 
     def _manifest(self) -> ModelManifest:
         manifest = self._desired().model

@@ -17,7 +17,7 @@ def register(commands: argparse._SubParsersAction) -> None:
     demo.set_defaults(run=_demo)
 
     bench = commands.add_parser("bench", help="run a benchmark and write its figures")
-    bench.add_argument("name", help="benchmark name: demo, compress, agent, loop")
+    bench.add_argument("name", help="benchmark name: demo, compress, agent, loop, robustness")
     bench.add_argument("--json", type=Path, dest="json_path", help="write figures as JSON")
     bench.add_argument("--devices", type=int, default=2)
     bench.add_argument("--workdir", type=Path, default=Path(".edgeloop"))
@@ -27,6 +27,14 @@ def register(commands: argparse._SubParsersAction) -> None:
         "--runs", type=int, help="agent: kill -9 runs (default 200); loop: calls per timing (100)"
     )
     bench.add_argument("--outage", type=float, help="agent: broker outage seconds (default 60)")
+    bench.add_argument(
+        "--payloads", type=int, help="robustness: hostile MQTT payloads (default 100000)"
+    )
+    bench.add_argument(
+        "--rest-examples",
+        type=int,
+        help="robustness: schemathesis examples per operation and mode (default 400)",
+    )
     bench.set_defaults(run=_bench)
 
 

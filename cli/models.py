@@ -1,4 +1,5 @@
-"""``edgeloop models push|ls|retire|retention``: model versions in the registry."""
+"""``edgeloop models push|ls|retire|retention|gc``: model versions in the registry, and the
+files of those retired."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ from edgeloop.server.schemas import ModelFigures
 
 def register(commands: argparse._SubParsersAction) -> None:
     models = commands.add_parser("models", help="model versions in the registry")
-    models.add_argument("action", choices=["push", "ls", "retire", "retention"])
+    models.add_argument("action", choices=["push", "ls", "retire", "retention", "gc"])
     models.add_argument(
         "path",
         nargs="?",
@@ -33,6 +34,14 @@ def register(commands: argparse._SubParsersAction) -> None:
     )
     models.add_argument("--all", action="store_true", help="ls: include retired versions")
     models.add_argument("--keep", type=int, default=3, help="retention: live versions per name")
+    models.add_argument(
+        "--min-age",
+        type=float,
+        default=3600,
+        help="gc: only files stored at least this many seconds ago (default: an hour, so a "
+        "push in progress keeps its files)",
+    )
+    models.add_argument("--dry-run", action="store_true", help="gc: list what would go")
     api_options(models)
     models.set_defaults(run=over_api(_models))
 
@@ -49,6 +58,20 @@ def _models(client: ApiClient, args: argparse.Namespace, console: Console) -> in
     if args.action == "retention":
         retired = client.apply_retention(args.keep, args.name).retired
         print(f"retired {len(retired)}: {', '.join(retired) or '-'}")
+        return 0
+    if args.action == "gc":
+        collected = client.collect_artifacts(min_age_s=args.min_age, dry_run=args.dry_run)
+        if args.json:
+            print_json(collected)
+            return 0
+        verb = "would remove" if collected.dry_run else "removed"
+        print(
+            f"{verb} {len(collected.removed)} artifact files no live model version uses and "
+            f"{collected.stray_uploads} abandoned uploads: "
+            f"{collected.bytes_freed / 1024**2:.1f} MiB"
+        )
+        for removed in collected.removed:
+            print(f"  {removed.sha256}  {removed.bytes_freed / 1024:.1f} KB")
         return 0
     rows = client.models(include_retired=args.all)
     if args.json:

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
+
+from pydantic import ByteSize, TypeAdapter, ValidationError
 
 
 def register(commands: argparse._SubParsersAction) -> None:
@@ -22,6 +25,20 @@ def register(commands: argparse._SubParsersAction) -> None:
         "--public-host",
         default=None,
         help="host name devices use to download artifacts (default: --host)",
+    )
+    serve.add_argument(
+        "--max-json-body",
+        type=_size,
+        default=os.environ.get("EDGELOOP_MAX_JSON_BODY", "1MiB"),
+        help="largest request body but an artifact upload, e.g. 512KiB (default: env "
+        "EDGELOOP_MAX_JSON_BODY, else 1MiB)",
+    )
+    serve.add_argument(
+        "--max-artifact-size",
+        type=_size,
+        default=os.environ.get("EDGELOOP_MAX_ARTIFACT_SIZE", "2GiB"),
+        help="largest artifact file an upload may store, e.g. 500MB (default: env "
+        "EDGELOOP_MAX_ARTIFACT_SIZE, else 2GiB)",
     )
     serve.set_defaults(run=_serve)
 
@@ -52,6 +69,8 @@ def _serve(args: argparse.Namespace) -> int:
         mqtt_host=host or "127.0.0.1",
         mqtt_port=int(port),
         public_host=args.public_host or args.host,
+    ).model_copy(
+        update={"max_json_body": args.max_json_body, "max_artifact_size": args.max_artifact_size}
     )
     uvicorn.run(create_app(settings), host=args.host, port=args.port, log_level="warning")
     return 0
@@ -75,3 +94,16 @@ def _database(args: argparse.Namespace) -> int:
     engine.dispose()
     print(f"{url.split('@')[-1]}: schema revision {revision or 'none (empty database)'}")
     return 0
+
+
+def _size(text: str) -> ByteSize:
+    """A size with its unit (``1MiB``, ``500MB``, ``2GiB``) or a number of bytes."""
+    try:
+        size = TypeAdapter(ByteSize).validate_python(text)
+    except ValidationError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a size like 1MiB, 500MB or 2GiB"
+        ) from None
+    if size <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: a limit must be more than 0 bytes")
+    return size

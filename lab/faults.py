@@ -33,6 +33,7 @@ from edgeloop.agent.profiles import PROFILES
 from edgeloop.agent.protocol import (
     Channel,
     Desired,
+    DeviceProfile,
     FileRef,
     ModelManifest,
     Phase,
@@ -109,9 +110,16 @@ class DesiredPublisher:
         self.client.connect("127.0.0.1", port)
         self.client.loop_start()
 
-    def publish(self, revision: int, manifest: ModelManifest | None) -> None:
+    def publish(
+        self,
+        revision: int,
+        manifest: ModelManifest | None,
+        profile: DeviceProfile = PROFILE,
+    ) -> None:
+        """Retain ``manifest`` as the device's desired state; ``profile`` is what the message
+        asks (the agent judges by its own, which a message may only tighten)."""
         desired = Desired(
-            device_id=self.device_id, revision=revision, model=manifest, profile=PROFILE
+            device_id=self.device_id, revision=revision, model=manifest, profile=profile
         )
         info = self.client.publish(
             topic(self.device_id, Channel.DESIRED), encode(desired), qos=1, retain=True
@@ -218,8 +226,9 @@ def kill9_campaign(
 ) -> Kill9Result:
     """SIGKILL a real agent at ``runs`` random moments of real updates; count consistent ends.
 
-    Versions alternate between two good models; every fourth revision is a model that passes
-    every gate but disagrees with its predecessor, so probation rolls it back.
+    Versions alternate between two good models; every fourth revision is a new model that
+    passes every gate but disagrees with its predecessor, so probation rolls it back (new each
+    time, as the agent refuses a model that failed on it before without trying it again).
     """
     rng = random.Random(seed)
     device_id = "kill9-01"
@@ -236,9 +245,17 @@ def kill9_campaign(
                 upload_version(server.url, "a", weights, padding_floats),
                 upload_version(server.url, "b", weights * 1.01, padding_floats),
             ]
-            rogue = upload_version(
-                server.url, "rogue", weights[:, ::-1].copy(), padding_floats, min_agreement=0.9
-            )
+
+            def rogue(revision: int) -> ModelManifest:
+                # A new model each time: one that failed here once is refused at once after.
+                return upload_version(
+                    server.url,
+                    f"rogue-{revision}",
+                    weights[:, ::-1] * (1 + revision / 1000),
+                    padding_floats,
+                    min_agreement=0.9,
+                )
+
             planner = DesiredPublisher(device_port, device_id)
 
             def start_agent() -> AgentProcess:
@@ -266,7 +283,7 @@ def kill9_campaign(
             revision = 2
             for run in range(runs):
                 revision += 1
-                manifest = rogue if revision % 4 == 0 else versions[revision % 2]
+                manifest = rogue(revision) if revision % 4 == 0 else versions[revision % 2]
                 planner.publish(revision, manifest)
                 time.sleep(rng.uniform(0, window))
                 agent.kill()

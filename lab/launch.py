@@ -97,6 +97,7 @@ class ServerProcess(ManagedProcess):
         """``database_url``: e.g. PostgreSQL; by default a SQLite file in ``workdir``."""
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
+        self.mqtt_port = mqtt_port
         argv = [
             sys.executable,
             "-m",

@@ -284,7 +284,12 @@ class Loop:
         try:
             self.client.push_model(card, candidate.model_path, candidate.golden_path, plan=False)
         except ApiError as exc:
-            if exc.status != 409:  # 409: registered by an earlier run; versions are immutable
+            # 409 is also "a file is not stored": only an earlier run's registration is fine
+            # (versions are immutable, so that one is the same model).
+            known = exc.status == 409 and any(
+                model.label == label for model in self.client.models(include_retired=True)
+            )
+            if not known:
                 raise
         self.registered.add(label)
         return label

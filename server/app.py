@@ -6,24 +6,28 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request
-from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from sqlalchemy.exc import DataError
+from starlette.exceptions import HTTPException
+from starlette.routing import compile_path
 
+from .api.deps import PROBLEMS
+from .api.limits import BodyLimit, BodyLimitMiddleware
 from .api.routes import artifacts, devices, loop, models, rollouts
 from .config import Settings
 from .db import make_engine, make_sessionmaker
 from .fleet import Fleet
 from .mqtt_bridge import MqttBridge
 from .rollouts import RolloutController
-from .schemas import Health, Problem
+from .schemas import Health, Problem, ProblemPart
 from .store import ArtifactStore
 
 ERRORS: dict[int | str, dict[str, object]] = {
-    422: {"model": Problem, "description": "the request is invalid; `detail` says how"}
+    code: {"model": Problem, "description": PROBLEMS[code]} for code in (413, 422)
 }
-"""Documented on every route: FastAPI's default 422 body is not the one we answer."""
+"""Documented on every route: any request may carry a body over the limit, and FastAPI's
+default 422 body is not the one we answer."""
 
 
 def create_app(settings: Settings, *, with_mqtt: bool = True) -> FastAPI:
@@ -40,10 +44,7 @@ def create_app(settings: Settings, *, with_mqtt: bool = True) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         if bridge is not None:
-            bridge.start()
-            # A crash may have come between a commit and its publish: re-send every desired
-            # state with its stored revision (devices ignore a revision they already handled).
-            fleet.republish_all()
+            bridge.start()  # re-sends every desired state on each (re)connect
         controller.start()
         yield
         controller.stop()
@@ -59,10 +60,44 @@ def create_app(settings: Settings, *, with_mqtt: bool = True) -> FastAPI:
     app.state.rollouts = controller
     for module in (artifacts, models, devices, rollouts, loop):
         app.include_router(module.router, responses=ERRORS)
+    app.add_middleware(
+        BodyLimitMiddleware,
+        default=BodyLimit(settings.max_json_body, "request bodies (--max-json-body)"),
+        uploads={
+            ("PUT", artifacts.UPLOAD): BodyLimit(
+                settings.max_artifact_size, "artifact files (--max-artifact-size)"
+            )
+        },
+    )
 
     @app.exception_handler(RequestValidationError)
     async def _invalid_request(_request: Request, exc: RequestValidationError) -> JSONResponse:
         return JSONResponse(status_code=422, content=validation_body(exc))
+
+    @app.exception_handler(HTTPException)
+    async def _http_error(request: Request, exc: HTTPException) -> JSONResponse:
+        # FastAPI answers 400 for a body it cannot decode (not UTF-8, nested past Python's
+        # recursion limit), where every other unparsable body is a 422; so is this one.
+        if exc.status_code == 400 and exc.__cause__ is not None:
+            cause = exc.__cause__
+            problem = Problem(
+                detail=f"the body is not JSON this server can read ({type(cause).__name__}: "
+                f"{str(cause)[:200]}); send UTF-8 JSON"
+            )
+            return JSONResponse(status_code=422, content=problem.model_dump(mode="json"))
+        headers = dict(exc.headers or {})
+        if exc.status_code == 405:
+            # Starlette's `Allow` names the methods of one route on the path, and a path has
+            # one route per method here: name every method the document lists for it.
+            headers["Allow"] = ", ".join(allowed_methods(request))
+            problem = Problem(
+                detail=f"{request.method} is not allowed here; use {headers['Allow']}"
+            )
+        else:
+            problem = Problem(detail=str(exc.detail))
+        return JSONResponse(
+            status_code=exc.status_code, content=problem.model_dump(mode="json"), headers=headers
+        )
 
     @app.exception_handler(DataError)
     async def _unstorable_value(_request: Request, exc: DataError) -> JSONResponse:
@@ -73,7 +108,16 @@ def create_app(settings: Settings, *, with_mqtt: bool = True) -> FastAPI:
 
     @app.get("/healthz", tags=["health"])
     def healthz() -> Health:
-        return Health(ok=True, mqtt_connected=bridge.connected.is_set() if bridge else None)
+        if bridge is None:
+            return Health(ok=True, mqtt_connected=None)
+        intake = bridge.intake.stats()
+        return Health(
+            ok=True,
+            mqtt_connected=bridge.connected.is_set(),
+            last_message_at=intake.last_message_at,
+            messages_handled=intake.messages_handled,
+            dropped=intake.dropped,
+        )
 
     return app
 
@@ -82,11 +126,25 @@ def validation_body(exc: RequestValidationError) -> dict[str, object]:
     """Every error answers a :class:`Problem`: ``{"detail": str}``; a validation error also
     lists its parts under ``errors`` (FastAPI's default puts a list in ``detail``, which
     clients then special-case)."""
-    parts = []
-    for error in exc.errors():
-        where = ".".join(str(part) for part in error.get("loc", ()))
-        parts.append(f"{where}: {error.get('msg', 'invalid')}")
-    problem = Problem(
-        detail="; ".join(parts) or "invalid request", errors=jsonable_encoder(exc.errors())
-    )
+    parts = [
+        ProblemPart(
+            loc=[part if isinstance(part, int) else str(part) for part in error.get("loc", ())],
+            msg=str(error.get("msg", "invalid")),
+            type=str(error.get("type", "invalid")),
+        )
+        for error in exc.errors()
+    ]
+    detail = "; ".join(f"{'.'.join(str(p) for p in part.loc)}: {part.msg}" for part in parts)
+    # The refused values are not echoed back: they may be large, binary, or not JSON at all.
+    problem = Problem(detail=detail or "invalid request", errors=parts)
     return problem.model_dump(mode="json")
+
+
+def allowed_methods(request: Request) -> list[str]:
+    """Every method the OpenAPI document lists for the request's path."""
+    methods: set[str] = set()
+    for template, operations in request.app.openapi()["paths"].items():
+        pattern, _, _ = compile_path(template)
+        if pattern.match(request.url.path):
+            methods |= {method.upper() for method in operations}
+    return sorted(methods)

@@ -23,7 +23,10 @@ import requests
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from .schemas import (
+    ArtifactGc,
+    ArtifactGcResult,
     ArtifactPublic,
+    ArtifactRemoved,
     CalibrationPublic,
     CalibrationPut,
     DeviceDetail,
@@ -132,6 +135,25 @@ class ApiClient:
         sha256 = hashlib.sha256(path.read_bytes()).hexdigest()
         with path.open("rb") as body:
             return self._typed(ArtifactPublic, "PUT", f"/api/v1/artifacts/{sha256}", data=body)
+
+    def delete_artifact(self, sha256: str) -> ArtifactRemoved:
+        """Remove a stored file no live model version needs.
+
+        Raises:
+            ApiError: 404 if nothing is stored under ``sha256``, 409 while a live version
+                references it (retire that first); or as :meth:`_call`.
+        """
+        return self._typed(ArtifactRemoved, "DELETE", f"/api/v1/artifacts/{sha256}")
+
+    def collect_artifacts(
+        self, *, min_age_s: float = 3600, dry_run: bool = False
+    ) -> ArtifactGcResult:
+        """Remove every stored file no live model version references (stored ``min_age_s``
+        ago or earlier) and abandoned partial uploads; ``dry_run``: only say what would go."""
+        body = ArtifactGc(min_age_s=min_age_s, dry_run=dry_run)
+        return self._typed(
+            ArtifactGcResult, "POST", "/api/v1/artifact-gc", json=body.model_dump(mode="json")
+        )
 
     def push_model(
         self, card: ModelCard, model_path: Path, golden_path: Path, *, plan: bool = True

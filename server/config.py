@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ByteSize, Field
 
 
 class Settings(BaseModel):
@@ -14,6 +14,16 @@ class Settings(BaseModel):
     mqtt_host: str = "127.0.0.1"
     mqtt_port: int = 1883
     public_url: str = Field(description="base URL devices use to download artifacts")
+    max_json_body: ByteSize = Field(
+        default=ByteSize(1024**2),
+        gt=0,
+        description="largest request body of any route but an artifact upload (413 above it)",
+    )
+    max_artifact_size: ByteSize = Field(
+        default=ByteSize(2 * 1024**3),
+        gt=0,
+        description="largest artifact file an upload may store (413 above it)",
+    )
 
     @classmethod
     def for_workdir(

@@ -3,14 +3,21 @@
 Both the MQTT bridge (device messages) and the REST API (operator requests) go through
 :class:`Fleet`; it owns the database writes and decides when a device's desired state
 changes. Publishing is a callback so this module does no network I/O itself.
+
+Invariant: one bad row never stops the fleet. A model version whose stored figures or I/O
+contract do not validate (written by an older server, or by hand) is
+:class:`StoredVersionError` wherever it is read; planning skips it with a warning and names
+it in the plan's reason, hellos are still stored, and listings answer without its figures.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
+from pydantic import ValidationError
 from sqlalchemy import event, select
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -24,7 +31,6 @@ from edgeloop.agent.protocol import (
     Report,
     Status,
     Telemetry,
-    TensorSpec,
 )
 
 from .models import Artifact, DesiredState, Device, DeviceReport, ModelVersion, TelemetrySample
@@ -38,6 +44,55 @@ Publisher = Callable[[Desired], None]
 
 class UnknownArtifactError(LookupError):
     pass
+
+
+class StoredVersionError(ValueError):
+    """A stored model version cannot be offered: its figures or I/O contract do not validate,
+    or a file it names is missing. The message names the version, what is wrong and what to
+    do; the row itself is left as it is."""
+
+    def __init__(self, model: ModelVersion, problem: str) -> None:
+        super().__init__(
+            f"model {model.label} as stored is unusable ({problem}); retire it "
+            f"(`edgeloop models retire {model.label}`) and register a corrected version"
+        )
+        self.label = model.label
+
+    @classmethod
+    def invalid(cls, model: ModelVersion, exc: ValidationError, where: str) -> StoredVersionError:
+        """The error for a stored ``where`` (``report``, ``manifest``) that failed ``exc``."""
+        return cls(model, _explain(exc, where))
+
+
+def figures(model: ModelVersion) -> ModelFigures:
+    """``model``'s stored figures, read as the API reads them.
+
+    Raises:
+        StoredVersionError: they do not validate (e.g. ``accuracy`` missing, not a number,
+            or NaN).
+    """
+    try:
+        return ModelFigures.model_validate(model.report, context=STORED)
+    except ValidationError as exc:
+        raise StoredVersionError.invalid(model, exc, "report") from None
+
+
+def _explain(exc: ValidationError, where: str) -> str:
+    return "; ".join(
+        f"{'.'.join(str(part) for part in (where, *error['loc']))}: {error['msg']}"
+        + ("" if isinstance(error.get("input"), dict | list) else f" (got {error.get('input')!r})")
+        for error in exc.errors()
+    )
+
+
+@dataclass
+class _Offers:
+    """The live versions the planner may choose from, validated once per planning pass."""
+
+    candidates: list[Candidate] = field(default_factory=list)
+    models: dict[int, ModelVersion] = field(default_factory=dict)
+    unusable: list[str] = field(default_factory=list)
+    """Labels of live versions skipped because :class:`StoredVersionError` said so."""
 
 
 class Fleet:
@@ -163,24 +218,68 @@ class Fleet:
 
     def plan_all(self) -> None:
         with self.sessions.begin() as db:
+            offers = self._offers(db)
             for device in db.scalars(select(Device)):
-                self._plan(db, device)
+                self._plan(db, device, offers)
 
-    def _plan(self, db: Session, device: Device, force_publish: bool = False) -> None:
+    def _offers(self, db: Session) -> _Offers:
+        """Every live version as a planner candidate; one that does not validate is skipped
+        with a warning naming it and why, so a bad row costs one version, not the fleet."""
+        offers = _Offers()
+        for model in db.scalars(select(ModelVersion).where(ModelVersion.retired_at.is_(None))):
+            try:
+                candidate = self.candidate(db, model)
+            except StoredVersionError as exc:
+                log.warning("planner skips a version: %s", exc)
+                offers.unusable.append(model.label)
+                continue
+            offers.candidates.append(candidate)
+            offers.models[model.id] = model
+        return offers
+
+    def candidate(self, db: Session, model: ModelVersion) -> Candidate:
+        """``model`` as the planner ranks it, once everything a device would be sent of it
+        (figures, I/O contract, files) is known to validate.
+
+        Raises:
+            StoredVersionError: something stored for it does not validate.
+        """
+        report = figures(model)
+        self._manifest(db, model)
+        return Candidate(
+            id=model.id,
+            label=model.label,
+            accuracy=report.accuracy,
+            size_bytes=report.size_bytes or 0,
+            host_latency_p95_ms=report.host_latency_p95_ms,
+        )
+
+    def _plan(
+        self,
+        db: Session,
+        device: Device,
+        offers: _Offers | None = None,
+        force_publish: bool = False,
+    ) -> None:
         """Give ``device`` a new desired revision if its best model changed.
 
         ``force_publish`` re-sends an unchanged desired state (e.g. on hello, in case the
-        retained message was lost with a broker restart); the revision stays the same.
+        retained message was lost with a broker restart); the revision stays the same. When
+        every live version was skipped as unusable, a device keeps what it was told: a bad
+        row must not tell the fleet to stop running models.
         """
+        offers = offers if offers is not None else self._offers(db)
         profile = DeviceProfile.model_validate(device.profile)
-        versions = list(db.scalars(select(ModelVersion).where(ModelVersion.retired_at.is_(None))))
-        choice = choose_model(profile, [_candidate(v) for v in versions])
-        chosen = next(
-            (v for v in versions if choice.candidate and v.id == choice.candidate.id), None
-        )
+        choice = choose_model(profile, offers.candidates, offers.unusable)
+        chosen = offers.models[choice.candidate.id] if choice.candidate else None
         state = db.get(DesiredState, device.id)
         if state is not None and state.source != "planner":
             # A rollout owns this device's desired state; the planner leaves it alone.
+            if force_publish:
+                self.republish(db, device)
+            return
+        if state is not None and chosen is None and offers.unusable:
+            state.reason = choice.reason
             if force_publish:
                 self.republish(db, device)
             return
@@ -204,6 +303,9 @@ class Fleet:
         crash in between leaves the database ahead of the broker, never behind: the next
         start re-publishes (:meth:`republish_all`), with the same revision. Returns whether a
         new revision was made. ``force`` re-sends an unchanged state (same revision).
+
+        Raises:
+            StoredVersionError: ``model`` cannot be sent (its stored row does not validate).
         """
         chosen_id = model.id if model else None
         state = db.get(DesiredState, device.id)
@@ -223,9 +325,18 @@ class Fleet:
         return changed
 
     def republish(self, db: Session, device: Device) -> None:
+        """Re-send ``device``'s desired state. One whose model no longer validates is not
+        sent (the device keeps the retained one it has) and the error is logged: a re-send is
+        never worth failing the hello or the restart that asked for it."""
         state = db.get(DesiredState, device.id)
-        if state is not None:
-            self._after_commit(db, self._desired(db, device, state))
+        if state is None:
+            return
+        try:
+            desired = self._desired(db, device, state)
+        except StoredVersionError as exc:
+            log.error("desired state of %s not re-sent: %s", device.id, exc)
+            return
+        self._after_commit(db, desired)
 
     def republish_all(self) -> None:
         """Re-send every device's current desired state (same revisions): after a restart the
@@ -254,30 +365,48 @@ class Fleet:
             self.publish(desired)
 
     def _manifest(self, db: Session, model: ModelVersion) -> ModelManifest:
+        """What a device is sent of ``model``.
+
+        Raises:
+            StoredVersionError: its figures or I/O contract do not validate, or one of its
+                files was never recorded.
+        """
+        report = figures(model)
+
         def ref(sha: str) -> FileRef:
             artifact = db.get(Artifact, sha)
-            assert artifact is not None
+            if artifact is None:
+                raise StoredVersionError(model, f"file {sha} is not recorded")
             return FileRef(url=f"{self.public_url}/artifacts/{sha}", sha256=sha, size=artifact.size)
 
-        return ModelManifest(
-            name=model.name,
-            version=model.version,
-            artifact=ref(model.artifact_sha256),
-            golden=ref(model.golden_sha256),
-            inputs=[TensorSpec.model_validate(s) for s in model.inputs],
-            outputs=[TensorSpec.model_validate(s) for s in model.outputs],
-            golden_atol=model.golden_atol,
-            golden_rtol=model.golden_rtol,
-            accuracy=model.report.get("accuracy"),
-            size_bytes=model.report.get("size_bytes"),
-            agreement_metric=model.report.get("agreement_metric", "argmax"),
-        )
+        try:
+            return ModelManifest.model_validate(
+                {
+                    "name": model.name,
+                    "version": model.version,
+                    "artifact": ref(model.artifact_sha256),
+                    "golden": ref(model.golden_sha256),
+                    "inputs": model.inputs,
+                    "outputs": model.outputs,
+                    "golden_atol": model.golden_atol,
+                    "golden_rtol": model.golden_rtol,
+                    "accuracy": report.accuracy,
+                    "size_bytes": report.size_bytes,
+                    "agreement_metric": report.agreement_metric,
+                }
+            )
+        except ValidationError as exc:
+            raise StoredVersionError.invalid(model, exc, "manifest") from None
 
     # ------------------------------------------------------------------ queries
 
     def fleet_summary(self) -> list[FleetEntry]:
-        """One row per device: profile, desired model, latest report. Feeds tables and JSON."""
+        """One row per device: profile, desired model, latest report. Feeds tables and JSON.
+
+        A desired model whose stored figures do not validate is still named; its figures are
+        left out (null) and the problem is logged once per listing."""
         rows = []
+        known: dict[int, ModelFigures | None] = {}
         with self.sessions() as db:
             for device in db.scalars(select(Device).order_by(Device.id)):
                 state = db.get(DesiredState, device.id)
@@ -286,6 +415,12 @@ class Fleet:
                     if state and state.model_version_id
                     else None
                 )
+                if desired is not None and desired.id not in known:
+                    try:
+                        known[desired.id] = figures(desired)
+                    except StoredVersionError as exc:
+                        log.warning("fleet listing leaves out figures: %s", exc)
+                        known[desired.id] = None
                 report = db.scalar(
                     select(DeviceReport)
                     .where(DeviceReport.device_id == device.id)
@@ -301,9 +436,7 @@ class Fleet:
                         desired_revision=state.revision if state else None,
                         desired_model=desired.label if desired else None,
                         desired_reason=state.reason if state else None,
-                        model_report=ModelFigures.model_validate(desired.report, context=STORED)
-                        if desired
-                        else None,
+                        model_report=known[desired.id] if desired else None,
                         report=report_record(report) if report else None,
                     )
                 )
@@ -313,14 +446,3 @@ class Fleet:
 def report_record(row: DeviceReport) -> ReportRecord:
     """A stored report as the API answers it: the device's message, and when it arrived."""
     return ReportRecord.model_validate(row.payload | {"received_at": row.received_at})
-
-
-def _candidate(model: ModelVersion) -> Candidate:
-    report = model.report
-    return Candidate(
-        id=model.id,
-        label=model.label,
-        accuracy=float(report.get("accuracy", 0.0)),
-        size_bytes=int(report.get("size_bytes", 0)),
-        host_latency_p95_ms=report.get("host_latency_p95_ms"),
-    )

@@ -1,8 +1,15 @@
 """The server's one MQTT connection: ingests device messages, publishes desired states.
 
-Device messages are decoded with the protocol module and handed to :class:`Fleet`; any
-payload that does not follow the contract is logged with the reason and dropped, and an
-exception while storing one message never stops the bridge.
+Device messages are decoded with the protocol module and handed to :class:`Fleet`. Nothing a
+device sends can stop ingestion: a payload that does not follow the contract, or one whose
+storing fails, is logged, counted by reason (:attr:`MqttBridge.intake`, shown by
+``/healthz``) and dropped, and every paho callback is guarded, because an exception escaping
+one ends paho's network thread while the process still looks connected. A dropped QoS 1
+message is acknowledged like any other, so a persistent session never redelivers it.
+
+On every (re)connect the bridge re-sends each device's desired state: the broker may have
+lost its retained messages (a restart without persistence), or the server may have crashed
+between a commit and its publish.
 """
 
 from __future__ import annotations
@@ -18,11 +25,12 @@ from edgeloop.agent.protocol import (
     Channel,
     Desired,
     Hello,
+    Intake,
     ProtocolError,
+    Refusal,
     Report,
     Status,
     Telemetry,
-    decode,
     encode,
     subscription,
     topic,
@@ -43,7 +51,12 @@ class MqttBridge:
         self.fleet = fleet
         self.host, self.port = host, port
         self.connected = threading.Event()
-        self.dropped = 0
+        self.intake = Intake(log, failure_reason="store_failed")
+        self._republish = threading.Event()
+        self._stopping = threading.Event()
+        self._republisher = threading.Thread(
+            target=self._republish_loop, name="mqtt-republish", daemon=True
+        )
         if session_key is None:
             client_id, clean = f"edgeloop-server-{uuid.uuid4().hex[:8]}", True
         else:
@@ -57,12 +70,15 @@ class MqttBridge:
         )
         self.client.max_queued_messages_set(0)
         self.client.reconnect_delay_set(min_delay=1, max_delay=30)
-        self.client.on_connect = self._on_connect
-        self.client.on_disconnect = lambda *args: self.connected.clear()
-        self.client.on_message = self._on_message
+        # Each callback is guarded; this is the net under the guard.
+        self.client.suppress_exceptions = True
+        self.client.on_connect = self.intake.guard(self._on_connect)
+        self.client.on_disconnect = self.intake.guard(self._on_disconnect)
+        self.client.on_message = self.intake.guard(self._on_message)
         fleet.publish = self.publish_desired
 
     def start(self, timeout_s: float = 10.0) -> None:
+        self._republisher.start()
         self.client.connect_async(self.host, self.port, keepalive=30)
         self.client.loop_start()
         if not self.connected.wait(timeout_s):
@@ -72,8 +88,12 @@ class MqttBridge:
             )
 
     def stop(self) -> None:
+        self._stopping.set()
+        self._republish.set()
         self.client.disconnect()
         self.client.loop_stop()
+        if self._republisher.is_alive():
+            self._republisher.join(timeout=10)
 
     def publish_desired(self, desired: Desired) -> None:
         """Retained at QoS 1, so the device gets it whenever it (re)connects."""
@@ -87,27 +107,42 @@ class MqttBridge:
             return
         client.subscribe([(subscription(channel), 1) for channel in INBOUND])
         self.connected.set()
+        self._republish.set()
         log.info("bridge connected to %s:%d", self.host, self.port)
 
+    def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
+        self.connected.clear()
+        if not self._stopping.is_set():
+            log.warning("bridge lost the broker (%s); reconnecting", reason_code)
+
     def _on_message(self, client, userdata, message) -> None:
-        try:
-            parsed = decode(message.payload, message.topic)
-        except ProtocolError as exc:
-            self.dropped += 1
-            log.warning("dropped message on %s: %s", message.topic, exc)
-            return
-        try:
-            match parsed:
-                case Hello():
-                    self.fleet.on_hello(parsed)
-                case Status():
-                    self.fleet.on_status(parsed)
-                case Report():
-                    self.fleet.on_report(parsed)
-                case Telemetry():
-                    self.fleet.on_telemetry(parsed)
-                case _:
-                    self.dropped += 1
-                    log.warning("dropped %s message sent by a device", parsed.type)
-        except Exception:
-            log.exception("failed to store %s from %s", parsed.type, parsed.device_id)
+        self.intake.receive(message.topic, message.payload, self._store)
+
+    def _store(self, message: Hello | Status | Desired | Report | Telemetry) -> None:
+        match message:
+            case Hello():
+                self.fleet.on_hello(message)
+            case Status():
+                self.fleet.on_status(message)
+            case Report():
+                self.fleet.on_report(message)
+            case Telemetry():
+                self.fleet.on_telemetry(message)
+            case _:
+                raise ProtocolError(
+                    f"a {message.type!r} message is for devices; the server does not take one",
+                    Refusal.WRONG_TOPIC,
+                )
+
+    def _republish_loop(self) -> None:
+        """Re-sends every desired state after each connect, off paho's network thread: it
+        reads the database, and the network thread must keep reading the socket meanwhile."""
+        while True:
+            self._republish.wait()
+            self._republish.clear()
+            if self._stopping.is_set():
+                return
+            try:
+                self.fleet.republish_all()
+            except Exception:
+                log.exception("re-sending desired states after a connect failed")

@@ -6,12 +6,17 @@ latency measured on the compressor host within ``latency_budget_ms``, accuracy a
 the closest one (the smallest file) is chosen and the reason says so, so a device is never
 left without a model and the operator sees why it is over budget.
 
+A stored version whose figures do not validate is no candidate at all (the caller leaves it
+out), but the reason names it: an operator looking at why a device got what it got also sees
+which versions were never considered.
+
 The host latency is not yet calibrated to the device class; the device's own report says
 whether the model really is within budget.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from edgeloop.agent.protocol import DeviceProfile
@@ -46,20 +51,29 @@ def misfits(profile: DeviceProfile, candidate: Candidate) -> list[str]:
     return problems
 
 
-def choose_model(profile: DeviceProfile, candidates: list[Candidate]) -> Choice:
+def choose_model(
+    profile: DeviceProfile, candidates: list[Candidate], unusable: Sequence[str] = ()
+) -> Choice:
+    """The version ``profile`` should run, and why.
+
+    ``unusable``: labels of live versions left out because their stored figures or I/O
+    contract do not validate; the reason lists them so that skipping one is never silent.
+    """
+    skipped = f"; skipped {', '.join(unusable)}: invalid stored figures or I/O" if unusable else ""
     if not candidates:
-        return Choice(None, "no model registered")
+        return Choice(None, ("no usable model" if unusable else "no model registered") + skipped)
     fitting = [c for c in candidates if not misfits(profile, c)]
     if fitting:
         best = max(fitting, key=lambda c: (c.accuracy, -c.size_bytes))
         return Choice(
             best,
             f"most accurate of {len(fitting)}/{len(candidates)} fitting '{profile.name}' "
-            f"(accuracy {best.accuracy:.4f}, {best.size_bytes / 1024:.0f} KB)",
+            f"(accuracy {best.accuracy:.4f}, {best.size_bytes / 1024:.0f} KB)" + skipped,
         )
     closest = min(candidates, key=lambda c: c.size_bytes)
     return Choice(
         closest,
         f"no candidate fits '{profile.name}'; closest is {closest.label}: "
-        + ", ".join(misfits(profile, closest)),
+        + ", ".join(misfits(profile, closest))
+        + skipped,
     )

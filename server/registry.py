@@ -7,20 +7,24 @@ Keyword-only functions over a session, answering the API's own types
 
 from __future__ import annotations
 
+import logging
 from datetime import UTC, datetime
 
+from pydantic import ValidationError
 from sqlalchemy import ColumnElement, func, select
 from sqlalchemy.orm import Session
 
 from edgeloop.agent.protocol import DeviceProfile, Phase
 
-from .fleet import report_record
+from .fleet import StoredVersionError, figures, report_record
 from .models import DesiredState, Device, DeviceReport, ModelVersion, Rollout, TelemetrySample
-from .rollouts import ACTIVE
+from .rollouts import SENDING
 from .schemas import (
+    STORED,
     DesiredPublic,
     DeviceDetail,
     DevicePublic,
+    ModelPublic,
     Page,
     ReportRecord,
 )
@@ -28,6 +32,8 @@ from .schemas import (
     TelemetrySample as TelemetrySamplePublic,
 )
 from .times import for_database
+
+log = logging.getLogger("edgeloop.server.registry")
 
 
 class RetentionError(ValueError):
@@ -203,11 +209,65 @@ def telemetry(
     return Page[TelemetrySamplePublic](total=total, limit=limit, offset=offset, items=items)
 
 
+# ---------------------------------------------------------------------- models
+
+
+def model_public(model: ModelVersion) -> ModelPublic:
+    """A stored version as the API answers it.
+
+    Raises:
+        StoredVersionError: its stored figures or I/O contract do not validate.
+    """
+    figures(model)
+    try:
+        return ModelPublic.model_validate(model, from_attributes=True, context=STORED)
+    except ValidationError as exc:
+        raise StoredVersionError.invalid(model, exc, "model") from None
+
+
+def list_models(
+    db: Session,
+    *,
+    name: str | None = None,
+    include_retired: bool = False,
+    limit: int = 100,
+    offset: int = 0,
+) -> Page[ModelPublic]:
+    """Model versions, oldest first.
+
+    A version whose stored row does not validate cannot be answered in the API's types; it
+    is left out of the page (and of ``total``) with a warning naming it and why, instead of
+    failing the listing. The planner skips it too; ``retire`` still retires it by name.
+    """
+    query = select(ModelVersion).order_by(ModelVersion.id)
+    if name is not None:
+        query = query.where(ModelVersion.name == name)
+    if not include_retired:
+        query = query.where(ModelVersion.retired_at.is_(None))
+    rows = []
+    for model in db.scalars(query):
+        try:
+            rows.append(model_public(model))
+        except StoredVersionError as exc:
+            log.warning("model listing leaves out a version: %s", exc)
+    items = rows[offset : offset + limit]
+    return Page[ModelPublic](total=len(rows), limit=limit, offset=offset, items=items)
+
+
 # ---------------------------------------------------------------------- retention
 
 
 def _in_use(db: Session) -> dict[int, str]:
-    """Model version ids something still depends on, with what depends on them."""
+    """Model version ids something still depends on, with what depends on them.
+
+    Pinned: a version a device was sent (its desired state), runs, or can roll back to (its
+    previous model), and the target of a rollout that may still send it (running, or paused
+    and so resumable). A halted rollout is not resumable (its failures are facts; the
+    operator cancels it or rolls it back and starts anew), and a completed, cancelled or
+    rolled-back one sends nothing more: none of them pins its target, or no version would
+    ever age out. What their devices were sent, run or ran before stays pinned through the
+    devices, so a rollback's targets stay live until a device has moved on past them.
+    """
     uses: dict[int, str] = {}
     for state in db.scalars(select(DesiredState).where(DesiredState.model_version_id.is_not(None))):
         if state.model_version_id is not None:
@@ -220,8 +280,8 @@ def _in_use(db: Session) -> dict[int, str]:
             uses.setdefault(model.id, f"running on device {running[model.label]}")
         elif model.label in previous:
             uses.setdefault(model.id, f"rollback target of device {previous[model.label]}")
-    active = select(Rollout).where(Rollout.state.in_([s.value for s in ACTIVE]))
-    for rollout in db.scalars(active):
+    sending = select(Rollout).where(Rollout.state.in_([s.value for s in SENDING]))
+    for rollout in db.scalars(sending):
         uses.setdefault(rollout.model_version_id, f"target of {rollout.state} rollout {rollout.id}")
     return uses
 
@@ -231,7 +291,7 @@ def retire(db: Session, name: str, version: str) -> ModelVersion:
 
     Raises:
         LookupError: no such version.
-        RetentionError: a device or an active rollout still depends on it.
+        RetentionError: a device or a running or paused rollout still depends on it.
     """
     model = db.scalar(
         select(ModelVersion).where(ModelVersion.name == name, ModelVersion.version == version)

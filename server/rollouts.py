@@ -17,6 +17,10 @@ Invariants:
   share of failures is at most ``max_failure_rate``; a breach halts the rollout at once, even
   before the wave is over. Devices keep what they run; ``rollback`` sends each device of the
   rollout its previous model.
+- Only a running or paused rollout can still send its model (:data:`SENDING`); a halted one
+  cannot be resumed. Retention pins a rollout's model only while it is sending.
+- One rollout that cannot advance (e.g. its model's stored row no longer validates) halts or
+  is logged; it never keeps the others from advancing.
 """
 
 from __future__ import annotations
@@ -29,7 +33,9 @@ from datetime import UTC, datetime
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from .fleet import Fleet
+from edgeloop.agent.protocol import Report
+
+from .fleet import Fleet, StoredVersionError, report_record
 from .models import DesiredState, Device, DeviceReport, ModelVersion, Rollout, RolloutDevice
 from .schemas import (
     Criteria,
@@ -49,6 +55,11 @@ log = logging.getLogger("edgeloop.server.rollouts")
 
 
 ACTIVE = (RolloutState.RUNNING, RolloutState.PAUSED, RolloutState.HALTED)
+"""Rollouts an operator may still cancel, and that a newer rollout takes devices from."""
+SENDING = (RolloutState.RUNNING, RolloutState.PAUSED)
+"""Rollouts that may still send their model: a running one does, a paused one will once
+resumed. A halted one never does again (:meth:`RolloutController.resume` refuses it), nor does
+a completed, cancelled or rolled-back one, so only these hold their model against retirement."""
 ENDED = (Step.COMMITTED, Step.FAILED, Step.TIMED_OUT, Step.SUPERSEDED, Step.ROLLED_BACK)
 
 
@@ -87,6 +98,35 @@ def wave_sizes(waves: list[str], total: int) -> list[int]:
     if total and (not cumulative or cumulative[-1] < total):
         cumulative.append(total)
     return cumulative
+
+
+def refusal(report: Report) -> str:
+    """Why a device refused a model, naming the gate once: ``failed at loads: onnxruntime …``.
+
+    The agent words a gate's error with the gate in front (``loads: onnxruntime …``) and also
+    sends the gate on its own; other errors (a restart loop, an operator rollback) come without
+    it. Either way the gate is said once, after the phase it left the device in.
+    """
+    message = report.error or ""
+    if report.gate is None:
+        return f"{report.phase}: {message}" if message else str(report.phase)
+    message = message.removeprefix(f"{report.gate}:").strip()
+    where = f"{report.phase} at {report.gate}"
+    return f"{where}: {message}" if message else where
+
+
+def _problem(report: Report, criteria: Criteria) -> str | None:
+    """Why ``report`` fails the wave's ``criteria``; None when the device passes."""
+    if not report.ok:
+        return refusal(report)
+    if criteria.require_within_budget and report.within_budget is False:
+        over = [budget for budget, within in report.budget_detail.items() if not within]
+        return f"over budget: {', '.join(over)}" if over else "over budget"
+    if criteria.max_power_w is not None and report.energy is not None:
+        power = report.energy.avg_power_w
+        if power > criteria.max_power_w:
+            return f"average power {power:.2f} W > {criteria.max_power_w} W"
+    return None
 
 
 def _naive_utc(moment: datetime) -> datetime:
@@ -150,6 +190,10 @@ class RolloutController:
                 raise RolloutError(f"no model {request.model!r}; push it first")
             if model.retired_at is not None:
                 raise RolloutError(f"model {request.model!r} is retired")
+            try:
+                self.fleet.candidate(db, model)
+            except StoredVersionError as exc:
+                raise RolloutError(str(exc)) from None
             devices = [
                 d
                 for d in db.scalars(select(Device).order_by(Device.id))
@@ -212,13 +256,16 @@ class RolloutController:
                     else None
                 )
                 assert device is not None
-                self.fleet.set_desired(
-                    db,
-                    device,
-                    previous,
-                    source=f"rollout:{rollout_id}",
-                    reason=f"rollout {rollout_id} rolled back by operator",
-                )
+                try:
+                    self.fleet.set_desired(
+                        db,
+                        device,
+                        previous,
+                        source=f"rollout:{rollout_id}",
+                        reason=f"rollout {rollout_id} rolled back by operator",
+                    )
+                except StoredVersionError as exc:
+                    raise RolloutError(f"cannot roll {device.id} back: {exc}") from None
                 part.step = Step.ROLLED_BACK
                 count += 1
             rollout.state = RolloutState.ROLLED_BACK
@@ -235,8 +282,11 @@ class RolloutController:
                     db.scalars(select(Rollout.id).where(Rollout.state == RolloutState.RUNNING))
                 )
             for rollout_id in ids:
-                with self.fleet.sessions.begin() as db:
-                    self._advance(db, self._get(db, rollout_id))
+                try:
+                    with self.fleet.sessions.begin() as db:
+                        self._advance(db, self._get(db, rollout_id))
+                except Exception:  # one bad row must not stop every other rollout
+                    log.exception("rollout %d could not advance", rollout_id)
 
     def _advance(self, db: Session, rollout: Rollout) -> None:
         criteria = Criteria.model_validate(rollout.criteria)
@@ -245,6 +295,11 @@ class RolloutController:
         model = db.get(ModelVersion, rollout.model_version_id)
         assert model is not None
         now = _now()
+        try:
+            self.fleet.candidate(db, model)
+        except StoredVersionError as exc:
+            self._halt(rollout, f"cannot send its model: {exc}", now)
+            return
         for part in parts:
             if part.step == Step.PENDING:
                 self._send(db, rollout, part, model)
@@ -254,14 +309,13 @@ class RolloutController:
         failures = [p for p in judged if p.step in (Step.FAILED, Step.TIMED_OUT)]
         wave_label = f"wave {rollout.current_wave + 1}/{len(rollout.waves)}"
         if judged and len(failures) / len(judged) > criteria.max_failure_rate:
-            rollout.state = RolloutState.HALTED
-            rollout.reason = (
+            self._halt(
+                rollout,
                 f"{wave_label}: {len(failures)} of {len(judged)} devices failed "
                 f"(limit {criteria.max_failure_rate:.0%}): "
-                + "; ".join(f"{p.device_id}: {p.detail}" for p in failures[:5])
+                + "; ".join(f"{p.device_id}: {p.detail}" for p in failures[:5]),
+                now,
             )
-            rollout.updated_at = now
-            log.warning("rollout %d halted: %s", rollout.id, rollout.reason)
             return
         if any(p.step == Step.SENT for p in judged):
             return
@@ -275,6 +329,12 @@ class RolloutController:
             log.info("rollout %d: %s passed; next wave", rollout.id, wave_label)
             self.wake()
         rollout.updated_at = now
+
+    def _halt(self, rollout: Rollout, reason: str, now: datetime) -> None:
+        rollout.state = RolloutState.HALTED
+        rollout.reason = reason
+        rollout.updated_at = now
+        log.warning("rollout %d halted: %s", rollout.id, reason)
 
     def _send(
         self, db: Session, rollout: Rollout, part: RolloutDevice, model: ModelVersion
@@ -305,23 +365,14 @@ class RolloutController:
             .limit(1)
         )
         if report is not None:
-            payload = report.payload
-            problem = None
-            if not report.ok:
-                problem = f"{payload.get('phase')}: {payload.get('gate')}: {payload.get('error')}"
-            elif criteria.require_within_budget and payload.get("within_budget") is False:
-                problem = f"over budget: {payload.get('budget_detail')}"
-            elif criteria.max_power_w is not None:
-                power = (payload.get("energy") or {}).get("avg_power_w")
-                if power is not None and power > criteria.max_power_w:
-                    problem = f"average power {power:.2f} W > {criteria.max_power_w} W"
+            problem = _problem(report_record(report), criteria)
             part.step = Step.FAILED if problem else Step.COMMITTED
             part.detail = problem or "committed"
             return
         sent_at = naive_utc(part.sent_at) if part.sent_at else now
         if (now - sent_at).total_seconds() > criteria.wave_timeout_s:
             part.step = Step.TIMED_OUT
-            part.detail = f"no report within {criteria.wave_timeout_s:.0f} s"
+            part.detail = f"no report within {criteria.wave_timeout_s:g} s"
 
     def _join_latecomers(self, db: Session, rollout: Rollout) -> None:
         """Devices that registered after the rollout started and match it join this wave."""

@@ -16,12 +16,20 @@ Invariants:
   does on the wire.
 - Entities come in families (``ModelCard`` → ``ModelCreate`` → ``ModelPublic``): a request
   body forbids unknown fields, so a typo is a 422 that names it, not a silently dropped value.
+- A request body holds finite numbers only (no NaN or Infinity, at any depth, free-form JSON
+  included): JSON has no such values, so a server that stored one would answer ``null`` where
+  its document promises a number. Numbers with a natural range are bounded by it, and every
+  constraint is in the schema, so the OpenAPI document says what the server refuses.
+- Model names and versions follow the protocol's :data:`~edgeloop.agent.protocol.NAME_PATTERN`
+  and :data:`~edgeloop.agent.protocol.VERSION_PATTERN`: they end up in URLs, file names and
+  ``name:version`` labels.
 - Times are UTC with their zone, whatever the database handed back.
 - Every list that can grow is a :class:`Page`.
 """
 
 from __future__ import annotations
 
+import math
 from datetime import datetime
 from enum import StrEnum
 from typing import Annotated, Any, Generic, Literal, TypeVar
@@ -29,6 +37,7 @@ from typing import Annotated, Any, Generic, Literal, TypeVar
 from pydantic import (
     AfterValidator,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     JsonValue,
@@ -38,7 +47,10 @@ from pydantic import (
 )
 
 from edgeloop.agent.protocol import (
+    DEVICE_ID_PATTERN,
+    NAME_PATTERN,
     SHA256_PATTERN,
+    VERSION_PATTERN,
     DeviceProfile,
     Phase,
     Report,
@@ -49,7 +61,11 @@ from edgeloop.server.times import as_utc
 
 __all__ = [
     "INT_MAX",
+    "LABEL_PATTERN",
+    "ArtifactGc",
+    "ArtifactGcResult",
     "ArtifactPublic",
+    "ArtifactRemoved",
     "CalibrationPublic",
     "CalibrationPut",
     "Criteria",
@@ -68,9 +84,11 @@ __all__ = [
     "ModelPublic",
     "Page",
     "Problem",
+    "ProblemPart",
     "ReportRecord",
     "Retention",
     "Retired",
+    "RolloutAction",
     "RolloutCreate",
     "RolloutDeviceStatus",
     "RolloutState",
@@ -91,12 +109,46 @@ INT_MAX = 2**31 - 1
 overflowing in the database."""
 
 
+JSON_SAFE_INT = 2**53 - 1
+"""The largest integer every JSON reader keeps exactly (JavaScript's ``Number``)."""
+
+LABEL_PATTERN = rf"{NAME_PATTERN[:-1]}:{VERSION_PATTERN[1:]}"
+"""A model version's ``name:version`` label."""
+
+Label = Annotated[str, Field(pattern=LABEL_PATTERN, description="`name:version`")]
+
+
+def _integral(value: Any) -> Any:
+    """JSON Schema counts ``3.0`` as an integer; a strict ``int`` would refuse it."""
+    return int(value) if isinstance(value, float) and value.is_integer() else value
+
+
+JsonInt = Annotated[int, BeforeValidator(_integral)]
+"""An integer of a request body: ``3`` or ``3.0``, never ``true`` or ``"3"`` (with strict
+validation, see :class:`_Request`)."""
+
+# Constraints go before the validator: the other way round, pydantic cannot put them in the
+# schema of an optional field.
+FileSize = Annotated[int, Field(gt=0, le=JSON_SAFE_INT), BeforeValidator(_integral)]
+ThreadCount = Annotated[int, Field(ge=1, le=4096), BeforeValidator(_integral)]
+
 UtcDatetime = Annotated[datetime, AfterValidator(as_utc)]
 """A time with its zone, normalized to UTC (a naive one is taken as UTC)."""
 
 
 class _Request(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    """A request body: unknown fields, non-finite numbers and values of another JSON type
+    (``true`` for a number, ``1`` or ``"yes"`` for a boolean) are refused, so what the
+    server accepts is what its document says. A ``…Public`` model that extends one relaxes
+    ``strict`` again: it reads rows and answers, where times arrive as text."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False, strict=True)
+
+
+_ANSWER = ConfigDict(extra="ignore", strict=False)
+_FREE_FORM_ANSWER = ConfigDict(extra="ignore", strict=False, allow_inf_nan=True)
+"""For answers whose numbers are free-form JSON: rows stored before numbers had to be finite
+still read back, and their NaN answers as ``null``, which free-form JSON allows."""
 
 
 class Page(BaseModel, Generic[T]):
@@ -108,19 +160,43 @@ class Page(BaseModel, Generic[T]):
     items: list[T]
 
 
+class ProblemPart(BaseModel):
+    """One part of a request that failed validation."""
+
+    loc: list[str | int] = Field(description="where: `body`, `query`, `path`, then the field")
+    msg: str
+    type: str = Field(description="pydantic's error type, e.g. `string_pattern_mismatch`")
+
+
 class Problem(BaseModel):
     """Every error answer (4xx): what went wrong and what to do, in one sentence."""
 
     detail: str
-    errors: list[dict[str, JsonValue]] | None = Field(
+    errors: list[ProblemPart] | None = Field(
         default=None, description="a request that failed validation: each failing part"
     )
 
 
 class Health(BaseModel):
+    """Whether the server is up and still ingesting. A connection alone does not prove
+    ingestion: a ``last_message_at`` that stops moving while devices talk, or growing
+    ``dropped`` counts, show that messages arrive but are not stored."""
+
     ok: bool
     mqtt_connected: bool | None = Field(
         description="whether the MQTT bridge is connected; null when the server runs without it"
+    )
+    last_message_at: UtcDatetime | None = Field(
+        default=None, description="when the bridge last stored a device message; null before"
+    )
+    messages_handled: int = Field(
+        default=0, ge=0, description="device messages stored since the server started"
+    )
+    dropped: dict[str, int] = Field(
+        default_factory=dict,
+        description="device messages dropped since the server started, by reason: too_large, "
+        "not_json, too_deep, invalid, unsupported_version, wrong_topic, unexpected, "
+        "store_failed",
     )
 
 
@@ -128,6 +204,36 @@ class ArtifactPublic(BaseModel):
     sha256: str = Field(pattern=SHA256_PATTERN)
     size: int = Field(ge=0)
     url: str = Field(description="where devices download it (Range and ETag supported)")
+
+
+class ArtifactRemoved(BaseModel):
+    sha256: str = Field(pattern=SHA256_PATTERN)
+    bytes_freed: int = Field(ge=0)
+
+
+class ArtifactGc(_Request):
+    """What ``POST /api/v1/artifact-gc`` may remove. Files younger than ``min_age_s`` stay,
+    so the files of a model being pushed (uploaded, not yet registered) are not collected
+    between its upload and its registration."""
+
+    min_age_s: float = Field(
+        default=3600,
+        ge=0,
+        le=10 * 365 * 86400,
+        description="only files stored (or uploaded again) at least this long ago",
+    )
+    dry_run: bool = Field(default=False, description="report what would go, remove nothing")
+
+
+class ArtifactGcResult(BaseModel):
+    removed: list[ArtifactRemoved] = Field(
+        description="artifact files no live model version references (removed, or that would be)"
+    )
+    stray_uploads: int = Field(
+        ge=0, description="abandoned partial uploads (`.upload-*` temp files) removed"
+    )
+    bytes_freed: int = Field(ge=0, description="all of them together")
+    dry_run: bool
 
 
 # --------------------------------------------------------------------------- device reports
@@ -201,7 +307,7 @@ class ModelFigures(BaseModel):
     because the planner ranks versions by it.
     """
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False, strict=True)
 
     accuracy: float = Field(ge=0, le=1, description="task figure the planner ranks by")
 
@@ -215,19 +321,23 @@ class ModelFigures(BaseModel):
             return {k: v for k, v in data.items() if k in cls.model_fields}
         return data
 
-    metric_name: str = Field(default="accuracy", description="what `accuracy` measures")
-    size_bytes: int | None = Field(default=None, gt=0, description="the .onnx file")
-    variant: str | None = Field(default=None, description="e.g. fp32, int8")
+    metric_name: str = Field(
+        default="accuracy", max_length=64, description="what `accuracy` measures"
+    )
+    size_bytes: FileSize | None = Field(default=None, description="the .onnx file")
+    variant: str | None = Field(default=None, max_length=64, description="e.g. fp32, int8")
     recipe: list[str] = Field(default_factory=list, description="passes that made it, in order")
     compression_ratio: float | None = Field(default=None, gt=0, description="baseline / size")
     host_latency_p50_ms: float | None = Field(default=None, ge=0, description="batch 1")
     host_latency_p95_ms: float | None = Field(
         default=None, ge=0, description="batch 1; the planner compares it with the budget"
     )
-    host_threads: int | None = Field(default=None, ge=1, description="threads when timed")
+    host_threads: ThreadCount | None = Field(default=None, description="threads when timed")
     peak_rss_mb: float | None = Field(default=None, ge=0, description="model process, host")
     baseline_accuracy: float | None = Field(default=None, ge=0, le=1)
-    accuracy_drop: float | None = Field(default=None, description="baseline - accuracy")
+    accuracy_drop: float | None = Field(
+        default=None, ge=-1, le=1, description="baseline - accuracy"
+    )
     golden_atol: float | None = Field(default=None, ge=0, description="as the compressor chose")
     metrics: dict[str, float] = Field(default_factory=dict, description="every task figure")
     output_max_abs_err: float | None = Field(default=None, description="vs fp32, eval set")
@@ -242,8 +352,8 @@ class ModelCard(_Request):
     """What a publisher says about a model version: its I/O contract, how a device checks the
     golden outputs, and the figures measured when it was built."""
 
-    name: str = Field(min_length=1, max_length=128)
-    version: str = Field(min_length=1, max_length=64)
+    name: str = Field(pattern=NAME_PATTERN, description="letters, digits, `_.+-`")
+    version: str = Field(pattern=VERSION_PATTERN, description="letters, digits, `_.+-`")
     inputs: list[TensorSpec] = Field(min_length=1)
     outputs: list[TensorSpec] = Field(min_length=1)
     golden_atol: float = Field(default=1e-3, ge=0)
@@ -259,7 +369,7 @@ class ModelCreate(ModelCard):
 
 
 class ModelPublic(ModelCreate):
-    model_config = ConfigDict(extra="ignore")
+    model_config = _ANSWER
 
     id: int
     label: str = Field(description="`name:version`")
@@ -283,8 +393,10 @@ class FleetEntry(BaseModel):
 
 
 class Retention(_Request):
-    keep: int = Field(ge=1, description="live versions to keep per model name, newest first")
-    name: str | None = Field(default=None, description="only this model name")
+    keep: JsonInt = Field(
+        ge=1, le=INT_MAX, description="live versions to keep per model name, newest first"
+    )
+    name: str | None = Field(default=None, pattern=NAME_PATTERN, description="only this name")
 
 
 class Retired(BaseModel):
@@ -303,6 +415,15 @@ class RolloutState(StrEnum):
     ROLLED_BACK = "rolled_back"
 
 
+class RolloutAction(StrEnum):
+    """What an operator may do to a rollout: ``POST /api/v1/rollouts/{id}/{action}``."""
+
+    PAUSE = "pause"
+    RESUME = "resume"  # a paused one; a halted one stays halted
+    CANCEL = "cancel"
+    ROLLBACK = "rollback"  # every device it touched gets its previous model
+
+
 class Step(StrEnum):
     """A device's part in one rollout."""
 
@@ -318,15 +439,21 @@ class Step(StrEnum):
 class Target(_Request):
     """Which devices: all conditions must hold; an empty target is the whole fleet."""
 
-    profile: str | None = Field(default=None, description="device profile name")
+    profile: str | None = Field(
+        default=None, min_length=1, max_length=64, description="device profile name"
+    )
     tags: list[str] = Field(default_factory=list, description="devices carrying all of these")
-    devices: list[str] | None = Field(default=None, description="explicit device ids")
+    devices: list[Annotated[str, Field(pattern=DEVICE_ID_PATTERN)]] | None = Field(
+        default=None, description="explicit device ids"
+    )
 
 
 class Criteria(_Request):
     """What a wave must achieve before the next one starts."""
 
-    wave_timeout_s: float = Field(default=900, gt=0, description="a device silent this long fails")
+    wave_timeout_s: float = Field(
+        default=900, gt=0, le=30 * 86400, description="a device silent this long fails"
+    )
     max_failure_rate: float = Field(
         default=0.0, ge=0, le=1, description="failed+timed out share of a wave that halts it"
     )
@@ -334,33 +461,48 @@ class Criteria(_Request):
         default=True, description="a report over the profile's latency/memory budget is a failure"
     )
     max_power_w: float | None = Field(
-        default=None, gt=0, description="a report drawing more average power is a failure"
+        default=None,
+        gt=0,
+        le=100_000,
+        description="a report drawing more average power is a failure",
     )
+
+
+WAVE_PATTERN = (
+    r"^(?:[1-9][0-9]{0,5}"  # a count of devices: 1 to 999999
+    r"|(?:100(?:\.0{1,6})?|[1-9][0-9]?(?:\.[0-9]{1,6})?|0\.[0-9]{0,5}[1-9])%)$"  # (0%, 100%]
+)
+"""One wave of a rollout: more devices (``"3"``), or a cumulative share of the target
+(``"10%"``, ``"2.5%"``), never zero or over 100%."""
 
 
 class RolloutCreate(_Request):
-    model: str = Field(description="`name:version` of a registered model")
+    model: Label = Field(description="`name:version` of a registered model")
     target: Target = Field(default_factory=Target)
-    waves: list[str] = Field(
+    waves: list[Annotated[str, Field(pattern=WAVE_PATTERN)]] = Field(
         default_factory=lambda: ["10%", "50%", "100%"],
         min_length=1,
-        description='cumulative shares ("10%") or device counts ("3") per wave',
+        max_length=100,
+        description='cumulative shares ("10%", in (0%, 100%]) or device counts ("3") per wave',
     )
     criteria: Criteria = Field(default_factory=Criteria)
 
-    @field_validator("waves")
+    @field_validator("waves", mode="before")
     @classmethod
-    def _waves_parse(cls, waves: list[str]) -> list[str]:
-        for wave in waves:
-            text = wave.strip()
-            number = text[:-1] if text.endswith("%") else text
+    def _waves_say_what_is_wrong(cls, waves: Any) -> Any:
+        """Word the usual mistakes; :data:`WAVE_PATTERN` (which the schema publishes) then
+        refuses anything else."""
+        for wave in waves if isinstance(waves, list) else ():
+            if not isinstance(wave, str):
+                continue
+            share = wave.endswith("%")
             try:
-                value = float(number)
+                value = float(wave[:-1] if share else wave)
             except ValueError:
                 raise ValueError(
-                    f"wave {wave!r} is neither a share like '10%' nor a count"
+                    f"wave {wave!r} is neither a share like '10%' nor a count like '3'"
                 ) from None
-            if value <= 0 or (text.endswith("%") and value > 100):
+            if not 0 < value < math.inf or (share and value > 100):
                 raise ValueError(f"wave {wave!r} must be in (0%, 100%] or a positive count")
         return waves
 
@@ -405,10 +547,10 @@ LoopAction = Literal["deploy", "keep", "wait", "unreachable", "stop"]
 
 class LoopDecisionCreate(_Request):
     loop: str = Field(min_length=1, max_length=128, description="the model family it tunes")
-    round: int = Field(ge=0, le=INT_MAX)
+    round: JsonInt = Field(ge=0, le=INT_MAX)
     profile: str = Field(min_length=1, max_length=64, description="the device class, or `*`")
     action: LoopAction
-    model: str | None = None
+    model: Label | None = None
     reason: str = Field(min_length=1)
     figures: dict[str, JsonValue] = Field(
         default_factory=dict,
@@ -417,8 +559,9 @@ class LoopDecisionCreate(_Request):
 
 
 class LoopDecisionPublic(LoopDecisionCreate):
-    model_config = ConfigDict(extra="ignore")
+    model_config = _FREE_FORM_ANSWER
 
+    model: str | None = Field(default=None, description="`name:version`, as recorded")
     id: int
     created_at: UtcDatetime
 
@@ -428,11 +571,11 @@ class CalibrationPut(_Request):
         description="the cost model's fit for the class (``edgeloop.loop.costmodel.Calibration`` "
         "as JSON); the server keeps it and does not interpret it"
     )
-    observations: int = Field(ge=0, le=INT_MAX)
+    observations: JsonInt = Field(ge=0, le=INT_MAX)
 
 
 class CalibrationPublic(CalibrationPut):
-    model_config = ConfigDict(extra="ignore")
+    model_config = _FREE_FORM_ANSWER
 
     profile: str
     updated_at: UtcDatetime

@@ -2,12 +2,17 @@
 
 A linear classifier ``logits = x @ W + b`` (4 features, 3 classes) built with onnx.helper:
 small enough to build in milliseconds, real enough that onnxruntime loads, runs and times it.
+Hostile variants keep its inputs and outputs (so every gate before theirs passes) and differ
+in what they cost: :func:`memory_hog_model` needs gigabytes at run time from a file of a few
+hundred bytes, :func:`slow_model` takes milliseconds where the linear one takes microseconds.
 """
 
 from __future__ import annotations
 
 import hashlib
+import tempfile
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -16,6 +21,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from edgeloop.agent.golden import golden_bytes
 from edgeloop.agent.protocol import DeviceProfile, FileRef, ModelManifest, TensorSpec
+from edgeloop.agent.runtime import record_golden
 
 FEATURES, CLASSES = 4, 3
 RNG = np.random.default_rng(0)
@@ -52,6 +58,78 @@ def linear_model(
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
     model.ir_version = 8
     model.doc_string = "0" * padding_bytes  # a bigger file without an unused tensor
+    return model.SerializeToString()
+
+
+def memory_hog_model(intermediate_bytes: int, weights: np.ndarray = BASE_WEIGHTS) -> bytes:
+    """``x @ weights`` computed the wasteful way: each input copied ``k`` times along a new axis
+    (``Expand``), then reduced back (``ReduceMax`` of equal copies is the input itself).
+
+    The intermediate is ``batch x 4 x k`` floats; ``k`` is chosen so that it holds
+    ``intermediate_bytes`` at the golden batch (:data:`GOLDEN_INPUTS`), while the file stays a
+    few hundred bytes. ``k`` depends on the input's shape, so onnxruntime cannot fold it away
+    when it opens the model: the memory is asked for when the golden inputs run. Its outputs
+    are the linear model's with the same weights, so only the memory gate can refuse it.
+    """
+    copies = intermediate_bytes // (len(GOLDEN_INPUTS) * FEATURES * 4)
+    nodes = [
+        helper.make_node("Shape", ["x"], ["x_shape"]),
+        helper.make_node("Concat", ["x_shape", "copies"], ["wide_shape"], axis=0),
+        helper.make_node("Unsqueeze", ["x", "last_axis"], ["x_column"]),
+        helper.make_node("Expand", ["x_column", "wide_shape"], ["wide"]),
+        helper.make_node("ReduceMax", ["wide"], ["x_again"], axes=[2], keepdims=0),
+        helper.make_node("MatMul", ["x_again", "W"], ["logits"]),
+    ]
+    initializers = [
+        numpy_helper.from_array(np.array([copies], np.int64), "copies"),
+        numpy_helper.from_array(np.array([2], np.int64), "last_axis"),
+        numpy_helper.from_array(weights, "W"),
+    ]
+    return _model(nodes, initializers, "memory_hog")
+
+
+def slow_model(matmuls: int, width: int = 1024) -> tuple[bytes, bytes]:
+    """A model of ``matmuls`` chained ``width x width`` products (an orthogonal matrix, so
+    values stay bounded): about 0.17 ms per product at width 1024 on one core here. Returns
+    the model and its golden file, recorded by running it."""
+    rng = np.random.default_rng(2)
+    into = (rng.normal(size=(FEATURES, width)) / 2).astype(np.float32)
+    rotation = np.linalg.qr(rng.normal(size=(width, width)))[0].astype(np.float32)
+    out = (rng.normal(size=(width, CLASSES)) / np.sqrt(width)).astype(np.float32)
+    nodes = [helper.make_node("MatMul", ["x", "into"], ["h0"])]
+    nodes += [
+        helper.make_node("MatMul", [f"h{i}", "rotation"], [f"h{i + 1}"]) for i in range(matmuls)
+    ]
+    nodes.append(helper.make_node("MatMul", [f"h{matmuls}", "out"], ["logits"]))
+    initializers = [
+        numpy_helper.from_array(into, "into"),
+        numpy_helper.from_array(rotation, "rotation"),
+        numpy_helper.from_array(out, "out"),
+    ]
+    model = _model(nodes, initializers, "slow")
+    return model, golden_of(model)
+
+
+def golden_of(model: bytes) -> bytes:
+    """The golden file of ``model``: its own outputs on :data:`GOLDEN_INPUTS`, recorded the way
+    the compressor records them (:func:`~edgeloop.agent.runtime.record_golden`)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        model_path, golden_path = Path(tmp) / "model.onnx", Path(tmp) / "golden.npz"
+        model_path.write_bytes(model)
+        record_golden(model_path, {"x": GOLDEN_INPUTS}, golden_path)
+        return golden_path.read_bytes()
+
+
+def _model(nodes: list, initializers: list, name: str) -> bytes:
+    graph = helper.make_graph(
+        nodes,
+        name,
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", FEATURES])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", CLASSES])],
+        initializers,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
     return model.SerializeToString()
 
 

@@ -95,6 +95,7 @@ BENCHES: dict[str, str] = {
     "compress": "edgeloop.lab.bench.compress",
     "agent": "edgeloop.lab.bench.agent",
     "loop": "edgeloop.lab.bench.loop",
+    "robustness": "edgeloop.lab.bench.robustness",
 }
 """Benchmark name -> its module; each module's ``run(args)`` measures and returns figures."""
 

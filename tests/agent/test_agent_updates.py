@@ -319,6 +319,19 @@ def test_a_damaged_state_file_is_refused_with_advice(tmp_path: Path) -> None:
     assert (fresh.state, fresh.committed, fresh.revision) == (Phase.IDLE, None, None)
 
 
+def test_a_state_file_of_the_previous_schema_is_read_with_no_failed_models(
+    device: Device,
+) -> None:
+    """Schema 1 (before failed models were remembered) is what an upgraded agent finds."""
+    path = device.updater.store.path
+    data = json.loads(path.read_text())
+    del data["failed"]
+    path.write_text(json.dumps({**data, "schema_version": 1}))
+    again = Device(device.config.workdir)
+    assert again.updater.record.failed == []
+    assert again.serving() == "linear:1"
+
+
 def test_the_local_endpoint_keeps_serving_through_an_update_and_swaps_between_requests(
     device: Device, control_plane: ServerProcess
 ) -> None:

@@ -19,6 +19,7 @@ from jsonschema import Draft202012Validator
 from pydantic import ValidationError
 
 from edgeloop.agent.protocol import (
+    ONNX_DTYPES,
     PROTOCOL_VERSION,
     SUPPORTED_VERSIONS,
     Channel,
@@ -148,6 +149,56 @@ def test_malformed_payloads_give_a_validation_error_naming_the_problem(
 ) -> None:
     with pytest.raises(ProtocolError, match=reason):
         decode(payload)
+
+
+def _desired_with_manifest(**changes: object) -> bytes:
+    raw = json.loads(encode(EXAMPLES[Channel.DESIRED]))
+    raw["model"].update(changes)
+    return json.dumps(raw).encode()
+
+
+def _tensor(**changes: object) -> list[dict[str, object]]:
+    return [{"name": "image", "dtype": "float32", "shape": ["batch", 1, 8, 8], **changes}]
+
+
+@pytest.mark.parametrize(
+    ("payload", "reason"),
+    [
+        (_desired_with_manifest(name="../etc/passwd"), r"model\.name: String should match"),
+        (_desired_with_manifest(version="1 int8"), r"model\.version: String should match"),
+        (_desired_with_manifest(inputs=_tensor(name="")), r"inputs\.0\.name"),
+        (_desired_with_manifest(inputs=_tensor(dtype="float33")), r"inputs\.0\.dtype"),
+        (_desired_with_manifest(outputs=_tensor(shape=[-1])), r"outputs\.0\.shape\.0"),
+        (_desired_with_manifest(inputs=_tensor(shape=['b"; rm'])), r"inputs\.0\.shape\.0"),
+        (_desired_with_manifest(inputs=_tensor(shape=[1] * 33)), r"at most 32 items"),
+    ],
+)
+def test_a_manifest_outside_its_bounds_is_refused_naming_the_field(
+    payload: bytes, reason: str
+) -> None:
+    with pytest.raises(ProtocolError, match=reason):
+        decode(payload, topic("pi-1", Channel.DESIRED))
+
+
+@pytest.mark.parametrize("dtype", ONNX_DTYPES)
+def test_every_onnx_dtype_and_symbolic_dimension_the_exporters_write_is_accepted(
+    dtype: str,
+) -> None:
+    shape = ["batch", "?", "s0", "floor(s0/2) + 1", "sequence_length", 0, 3]
+    assert decode(_desired_with_manifest(inputs=_tensor(dtype=dtype, shape=shape)))
+
+
+def test_numbers_built_in_code_are_finite_too() -> None:
+    with pytest.raises(ValidationError, match="finite number"):
+        Telemetry(device_id="pi-1", rss_mb=float("nan"))
+    with pytest.raises(ValidationError, match="finite number"):
+        LatencyStats(n=1, p50_ms=float("inf"), p95_ms=0, p99_ms=0, mean_ms=0)
+    # A host measuring without a budget says so with infinity; JSON cannot carry it.
+    unbounded = DeviceProfile(
+        name="host", cpu_threads=1, memory_budget_mb=float("inf"), latency_budget_ms=5
+    )
+    with pytest.raises(ProtocolError, match="memory_budget_mb"):
+        decode(encode(Hello(device_id="pi-1", agent_version="0.1.0", profile=unbounded)))
 
 
 def test_a_message_must_match_its_topic_channel() -> None:

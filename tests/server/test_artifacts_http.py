@@ -101,5 +101,5 @@ def test_registering_a_model_whose_files_were_not_uploaded_is_refused(
         "report": {"accuracy": 0.5},
     }
     response = requests.post(f"{server.url}/api/v1/models", json=body, timeout=10)
-    assert response.status_code == 422
+    assert response.status_code == 409, "the body is valid; the server lacks the files"
     assert "is not uploaded; PUT it first" in response.json()["detail"]

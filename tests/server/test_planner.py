@@ -44,3 +44,15 @@ def test_when_nothing_fits_the_closest_is_sent_and_the_reason_says_why() -> None
 
 def test_no_registered_model_means_no_model() -> None:
     assert choose_model(profile(), []).candidate is None
+
+
+def test_versions_left_out_as_unusable_are_named_in_the_reason() -> None:
+    choice = choose_model(profile(), [INT8], unusable=["cnn:high", "cnn:nan"])
+    assert choice.candidate == INT8
+    assert choice.reason.endswith("; skipped cnn:high, cnn:nan: invalid stored figures or I/O")
+
+
+def test_when_every_version_is_unusable_the_reason_does_not_claim_none_is_registered() -> None:
+    choice = choose_model(profile(), [], unusable=["cnn:high"])
+    assert choice.candidate is None
+    assert choice.reason == "no usable model; skipped cnn:high: invalid stored figures or I/O"

@@ -24,7 +24,17 @@ from edgeloop.agent.protocol import (
     topic,
 )
 from edgeloop.lab.broker import Broker
+from edgeloop.lab.faults import upload_version
 from edgeloop.lab.launch import ServerProcess
+from edgeloop.server.client import ApiClient
+from edgeloop.server.schemas import (
+    Criteria,
+    ModelCreate,
+    ModelFigures,
+    RolloutCreate,
+    RolloutState,
+    Target,
+)
 
 T0 = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
 
@@ -131,7 +141,7 @@ def test_every_refusal_has_one_error_shape(api: ServerProcess) -> None:
         ("GET", "/api/v1/devices/x/telemetry?since=yesterday", 422, "query.since"),
         ("GET", "/api/v1/models/m/1", 404, "no model m:1"),
         ("POST", "/api/v1/models", 422, "body"),
-        ("POST", "/api/v1/rollouts/1/explode", 404, "no action 'explode'"),
+        ("POST", "/api/v1/rollouts/1/explode", 422, "'pause', 'resume', 'cancel' or 'rollback'"),
         ("GET", "/api/v1/reports?profile=" + "p" * 65, 422, "query.profile"),
         ("GET", "/api/v1/reports?model=" + "m" * 201, 422, "query.model"),
     ]
@@ -237,3 +247,53 @@ def test_a_version_stored_with_figures_this_server_does_not_know_is_still_listed
         "--report", str(report), "--name", "digits", "--version", "new", "--server", api.url,
     )  # fmt: skip
     assert refused.returncode == 2 and "flops" in refused.stderr
+
+
+def test_retention_retires_a_halted_rollouts_model_once_no_device_holds_it(
+    api: ServerProcess, mosquitto: Broker
+) -> None:
+    """A halted rollout cannot be resumed: its model is kept only while a device was sent,
+    runs or can roll back to it, not for the rollout's sake."""
+    client = ApiClient(api.url)
+    files = upload_version(api.url, "1", np.eye(64, 10, dtype=np.float32), 0)
+    for version, accuracy in (("1", 0.9), ("2", 0.5), ("3", 0.5), ("4", 0.5), ("5", 0.5)):
+        client.register_model(
+            ModelCreate(
+                name="linear",
+                version=version,
+                artifact_sha256=files.artifact.sha256,
+                golden_sha256=files.golden.sha256,
+                inputs=files.inputs,
+                outputs=files.outputs,
+                report=ModelFigures(accuracy=accuracy, size_bytes=files.artifact.size),
+            )
+        )
+    register_fleet(api, mosquitto)  # the planner sends linear:1 to every device
+    halted = client.create_rollout(
+        RolloutCreate(
+            model="linear:2",
+            target=Target(devices=["dev-0"]),
+            waves=["100%"],
+            criteria=Criteria(wave_timeout_s=0.5),
+        )
+    )
+    wait_until(
+        lambda: client.rollout(halted.id).state == RolloutState.HALTED,
+        30,
+        "the rollout to halt on a silent device",
+    )
+    newer = client.create_rollout(
+        RolloutCreate(model="linear:5", target=Target(devices=["dev-0"]), waves=["100%"])
+    )
+    wait_until(
+        lambda: (desired := client.device("dev-0").desired) and desired.model == "linear:5",
+        30,
+        "the newer rollout to send dev-0 its model",
+    )
+    listed = client.rollouts()
+    assert [(r.id, r.state) for r in listed.items] == [
+        (newer.id, RolloutState.RUNNING),
+        (halted.id, RolloutState.HALTED),
+    ]
+    assert "dev-0: no report within 0.5 s" in client.rollout(halted.id).reason
+    assert client.apply_retention(keep=1).retired == ["linear:4", "linear:3", "linear:2"]

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from helpers import run_command, wait_until
+from sqlalchemy import select
 
 from edgeloop.agent.protocol import DeviceProfile, ModelManifest, TensorSpec
 from edgeloop.lab.broker import Broker
@@ -364,3 +365,121 @@ def test_the_operator_cli_drives_rollouts_over_the_rest_api(server: ServerProces
     devices = edgeloop("devices", "ls", *url, "--json")
     assert devices.returncode == 0 and json.loads(devices.stdout) == []
     assert "0 devices" in edgeloop("devices", "ls", *url).stdout
+
+
+def test_a_halt_reason_names_each_failing_gate_once(fleet: FleetOnDisk) -> None:
+    from edgeloop.agent.errors import GateError
+    from edgeloop.agent.protocol import Gate
+
+    rollout = fleet.controller.create(
+        RolloutCreate(model="m:2", waves=["100%"], criteria=Criteria(max_failure_rate=0.5))
+    )
+    fleet.controller.tick()
+    # Worded as the agent words them: a gate's error carries the gate, a restart loop's not.
+    unloadable = "onnxruntime cannot open the file: INVALID_PROTOBUF"
+    fleet.report("d0", ok=False, gate=Gate.LOADS, error=str(GateError(Gate.LOADS, unloadable)))
+    fleet.report(
+        "d1", ok=False, gate=Gate.RESTARTS, error="agent restarted 3 times during verifying"
+    )
+    fleet.report("d2", ok=False, error="disk full")
+    fleet.controller.tick()
+    status = fleet.controller.status(rollout)
+    assert status.state == "halted"
+    assert (
+        "d0: failed at loads: onnxruntime cannot open the file: INVALID_PROTOBUF" in status.reason
+    )
+    assert "d1: failed at restarts: agent restarted 3 times during verifying" in status.reason
+    assert "d2: failed: disk full" in status.reason
+    assert status.reason.count("loads") == 1 and status.reason.count("restarts") == 1
+    details = {d.device_id: d.detail for d in status.devices}
+    assert details["d0"] == f"failed at loads: {unloadable}"
+
+
+def test_a_rollout_whose_model_row_went_bad_halts_and_the_others_go_on(
+    fleet: FleetOnDisk,
+) -> None:
+    from edgeloop.server.models import ModelVersion
+
+    spoiled = fleet.controller.create(
+        RolloutCreate(model="m:2", target=Target(devices=["d0"]), waves=["100%"])
+    )
+    healthy = fleet.controller.create(
+        RolloutCreate(model="m:3", target=Target(devices=["d1"]), waves=["100%"])
+    )
+    with fleet.fleet.sessions.begin() as db:
+        model = db.scalar(select(ModelVersion).where(ModelVersion.version == "2"))
+        assert model is not None
+        model.report = {"accuracy": "high"}
+    fleet.controller.tick()
+    status = fleet.controller.status(spoiled)
+    assert status.state == "halted"
+    assert "model m:2 as stored is unusable (report.accuracy" in status.reason
+    assert "retire it" in status.reason
+    assert fleet.steps(healthy) == {"d1": "sent"}
+    with pytest.raises(ValueError, match="m:2 as stored is unusable"):
+        fleet.controller.create(RolloutCreate(model="m:2", waves=["100%"]))
+
+
+def test_only_running_and_paused_rollouts_hold_their_model_against_retention(
+    fleet: FleetOnDisk,
+) -> None:
+    """A halted rollout cannot be resumed, and completed, cancelled or rolled-back ones send
+    nothing more: retention retires their models unless a device was sent, runs, or can roll
+    back to them. A paused one can be resumed, so its model stays."""
+    from edgeloop.server.registry import RetentionError, apply_retention, retire
+
+    for version in range(4, 13):
+        fleet.fleet.register_model(
+            ModelCreate(
+                name="m",
+                version=str(version),
+                artifact_sha256="a" * 64,
+                golden_sha256="b" * 64,
+                inputs=[TensorSpec(name="x", dtype="float32", shape=["batch", 4])],
+                outputs=[TensorSpec(name="y", dtype="float32", shape=["batch", 2])],
+                report=ModelFigures(accuracy=0.5, size_bytes=10),
+            ),
+            plan=False,
+        )
+    create, tick = fleet.controller.create, fleet.controller.tick
+
+    halted = create(
+        RolloutCreate(
+            model="m:4",
+            target=Target(devices=["d0"]),
+            waves=["100%"],
+            criteria=Criteria(wave_timeout_s=0.2),
+        )
+    )
+    tick()
+    time.sleep(0.3)
+    tick()
+    completed = create(RolloutCreate(model="m:5", waves=["100%"]))
+    tick()
+    for device in ("d0", "d1", "d2", "d3"):
+        fleet.report(device)
+    tick()
+    cancelled = create(RolloutCreate(model="m:6", target=Target(devices=["d1"]), waves=["100%"]))
+    fleet.controller.cancel(cancelled)
+    rolled_back = create(RolloutCreate(model="m:7", target=Target(devices=["d2"]), waves=["100%"]))
+    tick()
+    fleet.report("d2")
+    fleet.controller.rollback(rolled_back)
+    paused = create(RolloutCreate(model="m:8", target=Target(devices=["d3"]), waves=["100%"]))
+    fleet.controller.pause(paused)
+
+    listed = fleet.controller.page()
+    assert [(r.id, r.state) for r in listed.items] == [
+        (paused, "paused"),
+        (rolled_back, "rolled_back"),
+        (cancelled, "cancelled"),
+        (completed, "completed"),
+        (halted, "halted"),
+    ]
+    with fleet.fleet.sessions.begin() as db:
+        with pytest.raises(RetentionError, match=f"target of paused rollout {paused}"):
+            retire(db, "m", "8")
+        retired = apply_retention(db, keep=1)
+    assert sorted(retired, key=lambda label: int(label[2:])) == [
+        f"m:{v}" for v in (1, 2, 3, 4, 6, 7, 9, 10, 11)
+    ], "kept: m:12 (newest), m:5 (sent to every device), m:8 (a paused rollout's)"

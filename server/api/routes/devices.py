@@ -2,17 +2,27 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+import re
+from datetime import UTC, datetime
 from typing import Annotated
 
 from fastapi import APIRouter, HTTPException, Query, status
+from pydantic import BeforeValidator
 
 from ... import registry
 from ...schemas import DeviceDetail, DevicePublic, FleetEntry, Page, ReportRecord, TelemetrySample
 from ...times import as_utc
-from ..deps import FleetDep, OffsetQuery, problems
+from ..deps import DeviceIdPath, FleetDep, LabelQuery, OffsetQuery, ProfileQuery, problems
 
 router = APIRouter(prefix="/api/v1", tags=["devices"])
+
+
+def _iso_8601(value: object) -> object:
+    """Refuse what pydantic would also take for a time but the document's ``date-time`` does
+    not allow: a number (seconds since 1970) or a date without a time of day."""
+    if isinstance(value, str) and not re.match(r"[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt ][0-9]{2}:", value):
+        raise ValueError("expected an ISO 8601 date and time, e.g. 2026-12-01T12:00:00Z")
+    return value
 
 
 @router.get("/fleet")
@@ -31,9 +41,10 @@ def plan_fleet(fleet: FleetDep) -> list[FleetEntry]:
 @router.get("/devices")
 def list_devices(
     fleet: FleetDep,
-    profile: str | None = Query(default=None, description="only devices of this profile name"),
+    profile: ProfileQuery = None,
     tag: Annotated[
-        list[str] | None, Query(description="carries this tag (repeat: all of them)")
+        list[str] | None,
+        Query(max_length=100, description="carries this tag (repeat: all of them)"),
     ] = None,
     online: bool | None = Query(default=None),
     limit: int = Query(default=50, ge=1, le=1000),
@@ -47,7 +58,7 @@ def list_devices(
 
 
 @router.get("/devices/{device_id}", responses=problems(404))
-def device_detail(device_id: str, fleet: FleetDep) -> DeviceDetail:
+def device_detail(device_id: DeviceIdPath, fleet: FleetDep) -> DeviceDetail:
     """One device: identity, profile, tags, online, current/previous/desired model, and its
     latest report and telemetry."""
     with fleet.sessions() as db:
@@ -59,18 +70,24 @@ def device_detail(device_id: str, fleet: FleetDep) -> DeviceDetail:
 
 @router.get("/devices/{device_id}/telemetry", responses=problems(404))
 def device_telemetry(
-    device_id: str,
+    device_id: DeviceIdPath,
     fleet: FleetDep,
-    since: Annotated[datetime | None, Query(description="ISO 8601; UTC if no zone")] = None,
-    until: Annotated[datetime | None, Query(description="ISO 8601, exclusive")] = None,
+    since: Annotated[
+        datetime | None,
+        BeforeValidator(_iso_8601),
+        Query(description="ISO 8601, inclusive; UTC if no zone"),
+    ] = None,
+    until: Annotated[
+        datetime | None,
+        BeforeValidator(_iso_8601),
+        Query(description="ISO 8601, exclusive; UTC if no zone. Not after `since`: no samples"),
+    ] = None,
     limit: int = Query(default=100, ge=1, le=5000),
     offset: OffsetQuery = 0,
 ) -> Page[TelemetrySample]:
-    """Telemetry samples, newest first."""
-    since = as_utc(since) if since is not None else None
-    until = as_utc(until) if until is not None else None
-    if since is not None and until is not None and until <= since:
-        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, "`until` must be after `since`")
+    """Telemetry samples in ``[since, until)``, newest first."""
+    since = _utc(since) if since is not None else None
+    until = _utc(until) if until is not None else None
     with fleet.sessions() as db:
         try:
             return registry.telemetry(
@@ -82,7 +99,7 @@ def device_telemetry(
 
 @router.get("/devices/{device_id}/reports", responses=problems(404))
 def device_reports(
-    device_id: str, fleet: FleetDep, limit: int = Query(default=50, ge=1, le=1000)
+    device_id: DeviceIdPath, fleet: FleetDep, limit: int = Query(default=50, ge=1, le=1000)
 ) -> list[ReportRecord]:
     """A device's update reports, newest first."""
     with fleet.sessions() as db:
@@ -95,12 +112,8 @@ def device_reports(
 @router.get("/reports")
 def list_reports(
     fleet: FleetDep,
-    profile: str | None = Query(
-        default=None, max_length=64, description="only devices of this profile name"
-    ),
-    model: str | None = Query(
-        default=None, max_length=200, description="only reports on `name:version`"
-    ),
+    profile: ProfileQuery = None,
+    model: LabelQuery = None,
     latest: bool = Query(
         default=False, description="only each device's newest report (among those filtered)"
     ),
@@ -112,4 +125,16 @@ def list_reports(
     with fleet.sessions() as db:
         return registry.reports(
             db, profile=profile, model=model, latest=latest, limit=limit, offset=offset
+        )
+
+
+def _utc(moment: datetime) -> datetime:
+    """``moment`` in UTC; a time so near the ends of the calendar that UTC has no such day
+    (``0001-01-01T00:00+01:00``) is the calendar's first or last moment, which no sample
+    predates or outlives."""
+    try:
+        return as_utc(moment)
+    except OverflowError:
+        return (datetime.min if moment.year == datetime.min.year else datetime.max).replace(
+            tzinfo=UTC
         )

@@ -4,9 +4,8 @@ class's cost-model calibration, fitted from the devices' reports."""
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Annotated
 
-from fastapi import APIRouter, HTTPException, Path, Query, status
+from fastapi import APIRouter, HTTPException, Query, status
 from sqlalchemy import func, select
 
 from ...models import Calibration, LoopDecision
@@ -17,11 +16,9 @@ from ...schemas import (
     LoopDecisionPublic,
     Page,
 )
-from ..deps import FleetDep, OffsetQuery, problems
+from ..deps import FleetDep, OffsetQuery, ProfilePath, problems
 
 router = APIRouter(prefix="/api/v1", tags=["loop"])
-
-ProfileName = Annotated[str, Path(min_length=1, max_length=64, description="a device class")]
 
 
 def _decision(row: LoopDecision) -> LoopDecisionPublic:
@@ -44,8 +41,8 @@ def record_decision(body: LoopDecisionCreate, fleet: FleetDep) -> LoopDecisionPu
 @router.get("/loop/decisions")
 def list_decisions(
     fleet: FleetDep,
-    loop: str | None = Query(default=None),
-    profile: str | None = Query(default=None),
+    loop: str | None = Query(default=None, min_length=1, max_length=128),
+    profile: str | None = Query(default=None, min_length=1, max_length=64),
     limit: int = Query(default=200, ge=1, le=5000),
     offset: OffsetQuery = 0,
 ) -> Page[LoopDecisionPublic]:
@@ -66,7 +63,7 @@ def list_decisions(
 
 @router.put("/calibrations/{profile}")
 def put_calibration(
-    profile: ProfileName, body: CalibrationPut, fleet: FleetDep
+    profile: ProfilePath, body: CalibrationPut, fleet: FleetDep
 ) -> CalibrationPublic:
     with fleet.sessions.begin() as db:
         row = db.get(Calibration, profile)
@@ -89,7 +86,7 @@ def list_calibrations(fleet: FleetDep) -> list[CalibrationPublic]:
 
 
 @router.get("/calibrations/{profile}", responses=problems(404))
-def get_calibration(profile: ProfileName, fleet: FleetDep) -> CalibrationPublic:
+def get_calibration(profile: ProfilePath, fleet: FleetDep) -> CalibrationPublic:
     with fleet.sessions() as db:
         row = db.get(Calibration, profile)
         if row is None:

@@ -8,30 +8,47 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from ... import registry
-from ...fleet import UnknownArtifactError
+from ...fleet import StoredVersionError, UnknownArtifactError
 from ...models import ModelVersion
-from ...schemas import STORED, ModelCreate, ModelPublic, Page, Retention, Retired
-from ..deps import FleetDep, OffsetQuery, problems
+from ...schemas import ModelCreate, ModelPublic, Page, Retention, Retired
+from ..deps import (
+    FleetDep,
+    ModelNamePath,
+    ModelNameQuery,
+    ModelVersionPath,
+    OffsetQuery,
+    StoreDep,
+    problems,
+)
 
 router = APIRouter(prefix="/api/v1/models", tags=["models"])
 
 
 def _public(model: ModelVersion) -> ModelPublic:
-    return ModelPublic.model_validate(model, from_attributes=True, context=STORED)
+    try:
+        return registry.model_public(model)
+    except StoredVersionError as exc:
+        raise HTTPException(status.HTTP_409_CONFLICT, str(exc)) from None
 
 
 @router.post("", status_code=status.HTTP_201_CREATED, responses=problems(409))
 def register_model(
     body: ModelCreate,
     fleet: FleetDep,
+    store: StoreDep,
     plan: bool = Query(default=True, description="re-plan the fleet now (else POST /fleet/plan)"),
 ) -> ModelPublic:
-    """Register a version whose files were PUT first; by default the fleet is re-planned."""
+    """Register a version whose files were PUT first; by default the fleet is re-planned.
+    Refused with 409 if ``name:version`` exists (versions are immutable) or a file is not
+    stored (never uploaded, or removed since): upload it, then register again."""
+    for sha256 in (body.artifact_sha256, body.golden_sha256):
+        if not store.has(sha256):
+            raise HTTPException(
+                status.HTTP_409_CONFLICT, f"artifact {sha256} is not uploaded; PUT it first"
+            )
     try:
         model = fleet.register_model(body, plan=plan)
-    except UnknownArtifactError as exc:
-        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, str(exc)) from None
-    except ValueError as exc:
+    except (UnknownArtifactError, ValueError) as exc:
         raise HTTPException(status.HTTP_409_CONFLICT, str(exc)) from None
     return _public(model)
 
@@ -39,21 +56,17 @@ def register_model(
 @router.get("")
 def list_models(
     fleet: FleetDep,
-    name: str | None = Query(default=None),
+    name: ModelNameQuery = None,
     include_retired: bool = Query(default=False),
     limit: int = Query(default=100, ge=1, le=1000),
     offset: OffsetQuery = 0,
 ) -> Page[ModelPublic]:
-    """Model versions, oldest first."""
-    query = select(ModelVersion).order_by(ModelVersion.id)
-    if name is not None:
-        query = query.where(ModelVersion.name == name)
-    if not include_retired:
-        query = query.where(ModelVersion.retired_at.is_(None))
+    """Model versions, oldest first (a version whose stored row does not validate is left
+    out, with a warning in the server's log)."""
     with fleet.sessions() as db:
-        models = list(db.scalars(query))
-        items = [_public(m) for m in models[offset : offset + limit]]
-    return Page[ModelPublic](total=len(models), limit=limit, offset=offset, items=items)
+        return registry.list_models(
+            db, name=name, include_retired=include_retired, limit=limit, offset=offset
+        )
 
 
 def _get(db: Session, name: str, version: str) -> ModelVersion:
@@ -65,24 +78,29 @@ def _get(db: Session, name: str, version: str) -> ModelVersion:
     return model
 
 
-@router.get("/{name}/{version}", responses=problems(404))
-def get_model(name: str, version: str, fleet: FleetDep) -> ModelPublic:
+@router.get("/{name}/{version}", responses=problems(404, 409))
+def get_model(name: ModelNamePath, version: ModelVersionPath, fleet: FleetDep) -> ModelPublic:
+    """409 for a version whose stored row does not validate (the detail says what to do)."""
     with fleet.sessions() as db:
         return _public(_get(db, name, version))
 
 
 @router.post("/{name}/{version}/retire", responses=problems(404, 409))
-def retire_model(name: str, version: str, fleet: FleetDep) -> ModelPublic:
-    """Stop offering a version to the planner and new rollouts (its files stay). Refused with
-    409 while a device runs, is sent, or could roll back to it, or a rollout targets it."""
+def retire_model(name: ModelNamePath, version: ModelVersionPath, fleet: FleetDep) -> ModelPublic:
+    """Stop offering a version to the planner and new rollouts (its files stay until
+    ``POST /api/v1/artifact-gc``). Refused with 409 while a device runs, is sent, or could roll
+    back to it, or a rollout targets it. A version whose stored row does not validate is
+    retired all the same (that is how an operator gets rid of it), then answered 409 since it
+    cannot be shown."""
     with fleet.sessions.begin() as db:
         try:
-            model = registry.retire(db, name, version)
+            registry.retire(db, name, version)
         except LookupError as exc:
             raise HTTPException(status.HTTP_404_NOT_FOUND, str(exc)) from None
         except registry.RetentionError as exc:
             raise HTTPException(status.HTTP_409_CONFLICT, str(exc)) from None
-        return _public(model)
+    with fleet.sessions() as db:
+        return _public(_get(db, name, version))
 
 
 @router.post("/retention")

@@ -1,27 +1,26 @@
 """Rollouts: create, watch, pause/resume, cancel, roll back. Errors are ``{"detail": ...}``:
-404 for an unknown rollout, 409 for an action its state does not allow, 422 for bad input."""
+404 for an unknown rollout, 409 for what the fleet's state does not allow (an unknown or
+retired model, no matching device, an action the rollout's state refuses), 422 for bad input."""
 
 from __future__ import annotations
 
-from typing import Annotated
-
-from fastapi import APIRouter, HTTPException, Path, Query, status
+from fastapi import APIRouter, HTTPException, Query, status
 
 from ...rollouts import RolloutError
-from ...schemas import INT_MAX, Page, RolloutCreate, RolloutStatus, RolloutSummary
-from ..deps import OffsetQuery, RolloutsDep, problems
+from ...schemas import Page, RolloutAction, RolloutCreate, RolloutStatus, RolloutSummary
+from ..deps import IdPath, OffsetQuery, RolloutsDep, problems
 
 router = APIRouter(prefix="/api/v1/rollouts", tags=["rollouts"])
 
-RolloutId = Annotated[int, Path(ge=1, le=INT_MAX)]
 
-
-@router.post("", status_code=status.HTTP_201_CREATED)
+@router.post("", status_code=status.HTTP_201_CREATED, responses=problems(409))
 def create_rollout(request: RolloutCreate, rollouts: RolloutsDep) -> RolloutStatus:
+    """Refused with 409 when the model is not registered or is retired, or no device
+    matches the target."""
     try:
         rollout_id = rollouts.create(request)
     except RolloutError as exc:
-        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, str(exc)) from None
+        raise HTTPException(status.HTTP_409_CONFLICT, str(exc)) from None
     return rollouts.status(rollout_id)
 
 
@@ -36,7 +35,7 @@ def list_rollouts(
 
 
 @router.get("/{rollout_id}", responses=problems(404))
-def rollout_status(rollout_id: RolloutId, rollouts: RolloutsDep) -> RolloutStatus:
+def rollout_status(rollout_id: IdPath, rollouts: RolloutsDep) -> RolloutStatus:
     try:
         return rollouts.status(rollout_id)
     except LookupError as exc:
@@ -44,18 +43,17 @@ def rollout_status(rollout_id: RolloutId, rollouts: RolloutsDep) -> RolloutStatu
 
 
 @router.post("/{rollout_id}/{action}", responses=problems(404, 409))
-def act_on_rollout(rollout_id: RolloutId, action: str, rollouts: RolloutsDep) -> RolloutStatus:
-    """``action``: pause, resume, cancel or rollback."""
+def act_on_rollout(
+    rollout_id: IdPath, action: RolloutAction, rollouts: RolloutsDep
+) -> RolloutStatus:
+    """Pause, resume, cancel or roll back; 409 when the rollout's state does not allow it
+    (e.g. resuming a halted one)."""
     actions = {
-        "pause": rollouts.pause,
-        "resume": rollouts.resume,
-        "cancel": rollouts.cancel,
-        "rollback": rollouts.rollback,
+        RolloutAction.PAUSE: rollouts.pause,
+        RolloutAction.RESUME: rollouts.resume,
+        RolloutAction.CANCEL: rollouts.cancel,
+        RolloutAction.ROLLBACK: rollouts.rollback,
     }
-    if action not in actions:
-        raise HTTPException(
-            status.HTTP_404_NOT_FOUND, f"no action {action!r}; use one of {', '.join(actions)}"
-        )
     try:
         actions[action](rollout_id)
     except LookupError as exc:
