@@ -184,7 +184,7 @@ def _rollback(workdir: Path, args: argparse.Namespace) -> int:
         result = InferenceClient(url).rollback()
         print(f"rolled back: now {result['state']}, serving {result['running']}")
         return 0
-    from .config import load_config
+    from .config import load_config, load_toml
     from .host import ModelHost
     from .outbox import Outbox
     from .protocol import Channel, Report, encode, topic
@@ -195,12 +195,15 @@ def _rollback(workdir: Path, args: argparse.Namespace) -> int:
     if record.desired is None:
         raise AgentError(f"{workdir} has no installed model to roll back from")
     device_id = record.desired.device_id
+    # The device's own profile (agent.toml) bounds what it loads; only without one does the
+    # last desired state's profile stand in.
+    own = load_toml(args.config).get("profile") if args.config else None
     config = load_config(
         args.config,
         {
             "workdir": workdir,
             "device_id": device_id,
-            "profile": record.desired.profile.model_dump(),
+            "profile": None if own is not None else record.desired.profile.model_dump(),
         },
     )
     with Outbox(workdir / "outbox.sqlite") as outbox:

@@ -89,18 +89,25 @@ class AgentConfig(BaseModel):
         return int(port) if host and port.isdigit() else 1883
 
 
+def load_toml(path: Path) -> dict[str, Any]:
+    """The agent config file as a table.
+
+    Raises:
+        ConfigError: the file cannot be read or is not TOML.
+    """
+    try:
+        return tomllib.loads(path.read_text())
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError(f"cannot read agent config {path}: {exc}") from exc
+
+
 def load_config(path: Path | None, overrides: dict[str, Any]) -> AgentConfig:
     """Merge a TOML file with non-None ``overrides`` (flags win) and validate.
 
     Raises:
         ConfigError: unreadable TOML or invalid values; the message names the field.
     """
-    data: dict[str, Any] = {}
-    if path is not None:
-        try:
-            data = tomllib.loads(path.read_text())
-        except (OSError, tomllib.TOMLDecodeError) as exc:
-            raise ConfigError(f"cannot read agent config {path}: {exc}") from exc
+    data: dict[str, Any] = load_toml(path) if path is not None else {}
     data.update({k: v for k, v in overrides.items() if v is not None})
     try:
         return AgentConfig.model_validate(data)

@@ -33,7 +33,7 @@ def register(commands: argparse._SubParsersAction) -> None:
     bench.add_argument(
         "--rest-examples",
         type=int,
-        help="robustness: schemathesis examples per operation and mode (default 400)",
+        help="robustness: schemathesis examples per operation (default 500)",
     )
     bench.set_defaults(run=_bench)
 

@@ -60,7 +60,7 @@ def run(args: Any) -> list[Figure]:
     shutil.rmtree(root, ignore_errors=True)
     console = Console(width=None if sys.stdout.isatty() else 200)
     count = getattr(args, "payloads", None) or 100_000
-    examples = getattr(args, "rest_examples", None) or 400
+    examples = getattr(args, "rest_examples", None) or 500
     result = campaign(root, count, examples, console=console)
     args.extra = {"robustness": result.details()}
     return result.figures(count)
