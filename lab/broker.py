@@ -3,16 +3,24 @@
 Mosquitto is started on a free port with a config written next to its log; its defaults
 drop QoS 1 messages when a subscriber falls behind (``max_queued_messages 1000``), so the
 config lifts that cap. amqtt, the fallback, runs in a background thread's event loop.
+
+Given a :class:`TlsListener`, Mosquitto runs as ``deploy/mosquitto-secure.conf`` sets it up:
+TLS only, a client certificate from the fleet CA required, its CN as the username and the
+client id, the CA's revocation list, and an ACL file.
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
+import pwd
 import shutil
+import signal
 import socket
 import subprocess
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 MOSQUITTO_CONF = """\
@@ -26,6 +34,43 @@ log_type error
 log_type warning
 log_type notice
 """
+
+MOSQUITTO_TLS_CONF = """\
+listener {port} 127.0.0.1
+persistence false
+max_queued_messages 0
+max_inflight_messages 1000
+log_dest file {log}
+log_type error
+log_type warning
+log_type notice
+log_type information
+user {user}
+cafile {tls.cafile}
+certfile {tls.certfile}
+keyfile {tls.keyfile}
+crlfile {tls.crlfile}
+tls_version tlsv1.2
+require_certificate true
+use_identity_as_username true
+use_username_as_clientid true
+allow_anonymous false
+acl_file {tls.acl_file}
+"""
+"""The security lines match ``deploy/mosquitto-secure.conf`` (a test holds them together).
+``user`` is whoever runs the lab: Mosquitto started as root otherwise drops to the
+``mosquitto`` user before it reads a single key, and the lab's keys are its own, mode 0600."""
+
+
+@dataclass(frozen=True)
+class TlsListener:
+    """The files a certificate-only listener reads (see ``edgeloop.server.pki.CaDir``)."""
+
+    cafile: Path
+    certfile: Path
+    keyfile: Path
+    crlfile: Path
+    acl_file: Path
 
 
 def free_port() -> int:
@@ -69,8 +114,14 @@ class MosquittoBroker(Broker):
     kind = "mosquitto"
 
     def __init__(
-        self, workdir: Path, port: int | None = None, executable: str | None = None
+        self,
+        workdir: Path,
+        port: int | None = None,
+        executable: str | None = None,
+        tls: TlsListener | None = None,
     ) -> None:
+        """``tls``: listen with TLS only, and admit only clients with a certificate from
+        ``tls.cafile`` that is not on ``tls.crlfile``, each held to ``tls.acl_file``."""
         executable = executable or find_mosquitto()
         if executable is None:
             raise FileNotFoundError("mosquitto is not installed (apt-get install mosquitto)")
@@ -78,7 +129,12 @@ class MosquittoBroker(Broker):
         workdir.mkdir(parents=True, exist_ok=True)
         self.log_path = workdir / "mosquitto.log"
         self.conf_path = workdir / "mosquitto.conf"
-        self.conf_path.write_text(MOSQUITTO_CONF.format(port=self.port, log=self.log_path))
+        if tls is None:
+            conf = MOSQUITTO_CONF.format(port=self.port, log=self.log_path)
+        else:
+            user = pwd.getpwuid(os.geteuid()).pw_name
+            conf = MOSQUITTO_TLS_CONF.format(port=self.port, log=self.log_path, user=user, tls=tls)
+        self.conf_path.write_text(conf)
         self.process = subprocess.Popen(
             [executable, "-c", str(self.conf_path)],
             stdout=subprocess.DEVNULL,
@@ -87,6 +143,11 @@ class MosquittoBroker(Broker):
         if not wait_for_port(self.port, 10):
             self.stop()
             raise RuntimeError(f"mosquitto did not listen on {self.port}; see {self.log_path}")
+
+    def reload(self) -> None:
+        """SIGHUP: Mosquitto rereads its config, ACL, certificates and CRL at the top of its
+        next loop, a moment later; connections already open stay open."""
+        self.process.send_signal(signal.SIGHUP)
 
     def stop(self) -> None:
         if self.process.poll() is None:
