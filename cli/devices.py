@@ -95,11 +95,15 @@ def _print_device(detail: DeviceDetail, console: Console) -> None:
     )
     report = detail.latest_report
     if report:
+        from rich.markup import escape
+
+        from edgeloop.server.rollouts import refusal
+
+        outcome = "ok" if report.ok else f"[red]failed[/] ({escape(refusal(report))})"
         console.print(
-            f"last report: {report.model} {'ok' if report.ok else '[red]failed[/]'} "
-            f"({report.gate or report.phase}) "
+            f"last report: {report.model} {outcome} "
             f"p95 {ms(report.latency.p95_ms if report.latency else None)} ms "
-            f"peak {num(report.peak_rss_mb)} MB {report.error or ''}"
+            f"peak {num(report.peak_rss_mb)} MB"
         )
     sample = detail.latest_telemetry
     if sample:

@@ -16,7 +16,7 @@ from sqlalchemy.orm import Session
 
 from edgeloop.agent.protocol import DeviceProfile, Phase
 
-from .fleet import StoredVersionError, figures, report_record
+from .fleet import StoredVersionError, report_record
 from .models import DesiredState, Device, DeviceReport, ModelVersion, Rollout, TelemetrySample
 from .rollouts import SENDING
 from .schemas import (
@@ -218,7 +218,6 @@ def model_public(model: ModelVersion) -> ModelPublic:
     Raises:
         StoredVersionError: its stored figures or I/O contract do not validate.
     """
-    figures(model)
     try:
         return ModelPublic.model_validate(model, from_attributes=True, context=STORED)
     except ValidationError as exc:

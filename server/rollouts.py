@@ -129,11 +129,6 @@ def _problem(report: Report, criteria: Criteria) -> str | None:
     return None
 
 
-def _naive_utc(moment: datetime) -> datetime:
-    """SQLite hands datetimes back without a zone; compare everything as naive UTC."""
-    return moment.astimezone(UTC).replace(tzinfo=None) if moment.tzinfo else moment
-
-
 def _now() -> datetime:
     return datetime.now(UTC).replace(tzinfo=None)
 

@@ -63,6 +63,8 @@ class ArtifactStore:
             Whatever ``chunks`` raises (a client gone, a body over its limit): nothing is
                 stored and the partial temporary file is removed.
         """
+        if self.has(sha256):
+            return await self._confirm(sha256, chunks)
         digest = hashlib.sha256()
         size = 0
         fd, tmp_name = tempfile.mkstemp(dir=self.root, prefix=UPLOAD_PREFIX)
@@ -76,12 +78,23 @@ class ArtifactStore:
                 os.fsync(out.fileno())
             if digest.hexdigest() != sha256:
                 raise DigestMismatchError(sha256, digest.hexdigest())
-            # Same name, same bytes: replacing a stored file changes nothing but its time,
-            # which tells garbage collection it was wanted again.
             os.replace(tmp_name, self.path(sha256))
         finally:
             if os.path.exists(tmp_name):
                 os.unlink(tmp_name)
+        return size
+
+    async def _confirm(self, sha256: str, chunks: AsyncIterator[bytes]) -> int:
+        """A file stored already: hash the bytes sent without writing them, and on a match
+        touch the stored file, which tells garbage collection it was wanted again."""
+        digest = hashlib.sha256()
+        size = 0
+        async for chunk in chunks:
+            digest.update(chunk)
+            size += len(chunk)
+        if digest.hexdigest() != sha256:
+            raise DigestMismatchError(sha256, digest.hexdigest())
+        os.utime(self.path(sha256))
         return size
 
     def files(self) -> Iterator[StoredFile]:
