@@ -40,6 +40,7 @@ import math
 import re
 import reprlib
 import threading
+import time
 from collections import Counter
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -687,6 +688,11 @@ def _count_unknown(dropped: list[str]) -> None:
 
 _P = ParamSpec("_P")
 
+LOGGED_DROPS = 20
+"""Dropped messages of one reason logged one by one before the log is rate-limited."""
+DROP_LOG_INTERVAL_S = 60.0
+"""After that, at most one line per reason this often, with the count of those not logged."""
+
 
 class IntakeStats(BaseModel):
     """What a receiver has done with the messages that reached it; part of its health."""
@@ -719,6 +725,8 @@ class Intake:
         self._handled = 0
         self._last_message_at: datetime | None = None
         self._dropped: Counter[str] = Counter()
+        self._last_logged: dict[str, float] = {}
+        self._logged_count: dict[str, int] = {}
 
     def receive(
         self,
@@ -749,9 +757,28 @@ class Intake:
             self._last_message_at = datetime.now(UTC)
 
     def drop(self, reason: str, topic_name: str, detail: str) -> None:
-        self._log.warning("dropped message on %s (%s): %s", topic_name, reason, detail[:500])
+        """Count a dropped message; log it, unless drops of this reason already flood the log.
+
+        A peer that sends garbage without pause must not fill the disk through the log: per
+        reason, the first :data:`LOGGED_DROPS` are logged one by one, then one line per
+        :data:`DROP_LOG_INTERVAL_S` says how many more went (the counts stay exact)."""
+        reason = str(reason)
+        now = time.monotonic()
         with self._lock:
-            self._dropped[str(reason)] += 1
+            self._dropped[reason] += 1
+            count = self._dropped[reason]
+            last = self._last_logged.get(reason)
+            due = count <= LOGGED_DROPS or last is None or now - last >= DROP_LOG_INTERVAL_S
+            if due:
+                self._last_logged[reason] = now
+                unlogged = count - self._logged_count.get(reason, 0) - 1
+                self._logged_count[reason] = count
+        if not due:
+            return
+        since = f" ({unlogged} more dropped for this reason since the last line)" * bool(unlogged)
+        self._log.warning(
+            "dropped message on %s (%s): %s%s", topic_name, reason, detail[:500], since
+        )
 
     def stats(self) -> IntakeStats:
         with self._lock:

@@ -403,3 +403,19 @@ def test_brackets_inside_strings_are_not_nesting() -> None:
     detail = "[{" * MAX_DEPTH * 4
     message = decode(json.dumps({**STATUS, "detail": detail}))
     assert isinstance(message, Status) and message.detail == detail
+
+
+def test_a_flood_of_bad_messages_is_counted_exactly_but_cannot_flood_the_log(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    import logging
+
+    from edgeloop.agent.protocol import LOGGED_DROPS, Intake
+
+    intake = Intake(logging.getLogger("edgeloop.test.intake"))
+    with caplog.at_level(logging.WARNING, logger="edgeloop.test.intake"):
+        for _ in range(1000):
+            intake.receive(topic("dev-1", Channel.HELLO), b"not json", lambda message: None)
+    assert intake.stats().dropped == {"not_json": 1000}
+    assert len(caplog.records) == LOGGED_DROPS
+    assert all("not_json" in record.getMessage() for record in caplog.records)
