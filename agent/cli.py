@@ -1,5 +1,6 @@
 """``edgeloop-agent``: the device-side command.
 
+    edgeloop-agent enrol --config ... --server URL --token T # once: certificate, token, root
     edgeloop-agent run --config /etc/edgeloop/agent.toml     # the daemon (systemd runs this)
     edgeloop-agent status --config ... [--json]              # state, slots, outbox
     edgeloop-agent rollback --config ...                     # back to the previous model
@@ -47,13 +48,30 @@ def build_parser() -> argparse.ArgumentParser:
     run = commands.add_parser("run", help="connect to the broker and apply desired models")
     status = commands.add_parser("status", help="show the update state, slots and outbox")
     rollback = commands.add_parser("rollback", help="go back to the previous committed model")
-    for sub in (run, status, rollback):
+    enrol = commands.add_parser(
+        "enrol",
+        help="join the fleet with a one-time token: get a certificate, an API token and the "
+        "update repository's root metadata",
+    )
+    for sub in (run, status, rollback, enrol):
         sub.add_argument("--config", type=Path, help="agent.toml (flags below override it)")
         sub.add_argument("--workdir", type=Path, help="where slots, state and blobs live")
         sub.add_argument("-v", "--verbose", action="store_true")
     status.add_argument("--json", action="store_true", help="print the state record as JSON")
-    run.add_argument("--device-id", help="this device's id, e.g. pi-kitchen-01")
+    for sub in (run, enrol):
+        sub.add_argument("--device-id", help="this device's id, e.g. pi-kitchen-01")
+        sub.add_argument("--server", help="control plane URL (signed metadata, downloads)")
+    enrol.add_argument("--token", required=True, help="the one-time enrolment token")
+    enrol.add_argument(
+        "--server-ca", help="CA bundle to check an https control plane with (the fleet CA)"
+    )
     run.add_argument("--broker", help="MQTT broker host:port (default 127.0.0.1:1883)")
+    run.add_argument(
+        "--mqtt-tls",
+        action="store_true",
+        default=None,
+        help="TLS to the broker with the enrolled certificate",
+    )
     run.add_argument("--profile", type=_profile_arg, help="device profile: JSON or a file")
     run.add_argument("--inferences", type=int, help="inferences measured per model (>=1)")
     run.add_argument("--telemetry-interval", dest="telemetry_interval_s", type=float)
@@ -68,6 +86,8 @@ def build_parser() -> argparse.ArgumentParser:
 RUN_FLAGS = (
     "device_id",
     "broker",
+    "mqtt_tls",
+    "server",
     "workdir",
     "profile",
     "inferences",
@@ -87,6 +107,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "run":
             return _run(args)
+        if args.command == "enrol":
+            return _enrol(args)
         workdir = _workdir(args)
         if args.command == "status":
             return _status(workdir, as_json=args.json)
@@ -111,6 +133,30 @@ def _run(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, lambda *_: agent.stop())
     signal.signal(signal.SIGINT, lambda *_: agent.stop())
     agent.run()
+    return 0
+
+
+def _enrol(args: argparse.Namespace) -> int:
+    from .config import load_toml
+    from .identity import Identity, enrol
+
+    table: dict[str, Any] = load_toml(args.config) if args.config else {}
+    device_id = args.device_id or table.get("device_id")
+    server = args.server or table.get("server")
+    if not device_id or not server:
+        raise ConfigError("enrol needs --device-id and --server (or both in --config)")
+    workdir = _workdir(args)
+    identity_dir = table.get("identity_dir")
+    identity = Identity(Path(identity_dir) if identity_dir else workdir / "identity")
+    enrol(
+        server,
+        device_id,
+        args.token,
+        identity,
+        workdir / "trust",
+        verify=args.server_ca or True,
+    )
+    print(f"enrolled {device_id}: certificate, API token and root metadata in {identity.root}")
     return 0
 
 

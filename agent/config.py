@@ -3,7 +3,9 @@
 Example ``agent.toml``::
 
     device_id = "pi-kitchen-01"
-    broker = "mqtt.example.net:1883"
+    broker = "mqtt.example.net:8883"
+    mqtt_tls = true               # with the certificate enrolment wrote (identity_dir)
+    server = "https://edgeloop.example.net"   # signed metadata and downloads
     workdir = "/var/lib/edgeloop-agent"
     tags = ["site:kitchen", "camera"]
     inferences = 200              # measured inferences per applied model
@@ -31,6 +33,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from .errors import ConfigError
+from .identity import Identity
 from .protocol import DEVICE_ID_PATTERN, DeviceProfile
 
 
@@ -39,7 +42,19 @@ class AgentConfig(BaseModel):
 
     device_id: str = Field(pattern=DEVICE_ID_PATTERN)
     broker: str = Field(default="127.0.0.1:1883", description="MQTT broker as host:port")
+    mqtt_tls: bool = Field(
+        default=False,
+        description="speak TLS to the broker with the enrolled certificate (identity_dir)",
+    )
+    server: str | None = Field(
+        default=None,
+        pattern=r"^https?://[^\s/]+(/[^\s]*)?$",
+        description="control plane URL: the signed metadata every update is checked against",
+    )
     workdir: Path = Path("/var/lib/edgeloop-agent")
+    identity_dir: Path | None = Field(
+        default=None, description="certificate, key and API token (default: <workdir>/identity)"
+    )
     profile: DeviceProfile
     tags: list[str] = Field(default_factory=list, description="labels rollouts can target")
     inferences: int = Field(default=200, ge=1, description="measured inferences per model")
@@ -78,6 +93,15 @@ class AgentConfig(BaseModel):
                 )
             return PROFILES[value]
         return value
+
+    @property
+    def identity(self) -> Identity:
+        return Identity(self.identity_dir or self.workdir / "identity")
+
+    @property
+    def trust_dir(self) -> Path:
+        """Where the pinned ``root.json`` and the newest verified metadata live."""
+        return self.workdir / "trust"
 
     @property
     def broker_host(self) -> str:

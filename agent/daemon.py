@@ -44,6 +44,7 @@ from .protocol import (
     encode,
     topic,
 )
+from .releases import Releases, device_session
 from .sensors import EnergyMeter, find_sensor, read_temperature_c
 from .states import UpdateRecord, write_atomic
 from .updater import Hooks, Updater
@@ -56,8 +57,20 @@ class Agent:
         self.config = config
         config.workdir.mkdir(parents=True, exist_ok=True)
         self.host = ModelHost()
+        http = device_session(config)
+        self.releases = Releases(config, http)
+        if not self.releases.trusted():
+            log.warning(
+                "no pinned root metadata in %s or no --server: every update will be refused "
+                "on the signature gate until the device is enrolled (edgeloop-agent enrol)",
+                config.trust_dir,
+            )
         self.updater = Updater(
-            config, self.host, Hooks(on_state=self._on_state, on_report=self._on_report)
+            config,
+            self.host,
+            Hooks(on_state=self._on_state, on_report=self._on_report),
+            resolve=self.releases.resolve,
+            http=http,
         )
         self.outbox = Outbox(config.workdir / "outbox.sqlite", config.outbox_max_messages)
         self._mailbox: Desired | None = None
@@ -79,6 +92,14 @@ class Agent:
             retain=True,
         )
         self.client.reconnect_delay_set(min_delay=1, max_delay=30)
+        if config.mqtt_tls:
+            config.identity.mqtt_tls().apply(self.client)
+        else:
+            log.warning(
+                "MQTT to %s in the clear and without a certificate: any client of that broker "
+                "can read this device's traffic; production brokers take mqtt_tls = true",
+                config.broker,
+            )
         self.intake = Intake(log)
         # Each callback is guarded; this is the net under the guard.
         self.client.suppress_exceptions = True

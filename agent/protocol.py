@@ -71,6 +71,7 @@ __all__ = [
     "PROTOCOL_VERSION",
     "SUPPORTED_VERSIONS",
     "SYMBOLIC_DIM_PATTERN",
+    "TARGET_PATH_PATTERN",
     "TOPIC_ROOT",
     "VERSION_PATTERN",
     "Channel",
@@ -90,6 +91,7 @@ __all__ = [
     "Refusal",
     "Report",
     "Status",
+    "TargetRef",
     "Telemetry",
     "TensorSpec",
     "decode",
@@ -100,8 +102,9 @@ __all__ = [
     "unknown_fields",
 ]
 
-PROTOCOL_VERSION = 1
-"""The major version this side sends; also the ``v1`` in :data:`TOPIC_ROOT`."""
+PROTOCOL_VERSION = 2
+"""The major version this side sends; also the ``v2`` in :data:`TOPIC_ROOT`. Version 2: a
+desired state names a signed target and its sequence, never a manifest (docs/protocol.md)."""
 SUPPORTED_VERSIONS: tuple[int, ...] = (PROTOCOL_VERSION,)
 """Every major version this side can receive and speak. A server that speaks several answers
 each device in the version of its ``hello``; :func:`decode` refuses any other version."""
@@ -113,6 +116,10 @@ NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.+-]{0,127}$"
 ``..`` prefix or whitespace)."""
 VERSION_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.+-]{0,63}$"
 """A model version, under the same rule as a name."""
+
+TARGET_PATH_PATTERN = r"^models/[A-Za-z0-9][A-Za-z0-9_.+-]{0,127}/[A-Za-z0-9][A-Za-z0-9_.+-]{0,63}$"
+"""A signed target: ``models/{name}/{version}``, both by :data:`NAME_PATTERN` /
+:data:`VERSION_PATTERN`, so a target path never climbs out of its folder."""
 
 MAX_MESSAGE_BYTES = 256 * 1024
 """The largest payload :func:`decode` reads (UTF-8 bytes). The largest message this code
@@ -163,6 +170,7 @@ class Refusal(StrEnum):
     TOO_DEEP = "too_deep"  # objects and arrays nest deeper than MAX_DEPTH
     INVALID = "invalid"  # a field is missing, of the wrong type or out of its bounds
     UNSUPPORTED_VERSION = "unsupported_version"  # a protocol version this side does not speak
+    REVOKED = "revoked"  # from a device an operator revoked; ignored until it enrols again
     WRONG_TOPIC = "wrong_topic"  # a foreign topic, another channel's message, another device
     UNEXPECTED = "unexpected"  # decoding failed in a way this module did not foresee (a bug)
 
@@ -224,6 +232,11 @@ class Gate(StrEnum):
     a new major version (see the evolution policy there).
     """
 
+    # trust: the signed metadata (The Update Framework) that names every update
+    SIGNATURE = "signature"  # not signed by the keys the device trusts, or not listed there
+    ROLLBACK = "rollback"  # older metadata, or a sequence below the one committed
+    EXPIRED = "expired"  # the signed metadata is past its expiry (a frozen repository)
+    METADATA = "metadata"  # metadata unreachable, oversized or malformed
     # before and while downloading
     SIZE = "size"  # the artifact is over the profile's model_size_budget_kb; never fetched
     DISK = "disk"  # not enough free space for the download
@@ -360,7 +373,7 @@ class Energy(_Strict):
 
 
 class _Message(_Strict):
-    protocol: Literal[1] = 1
+    protocol: Literal[2] = 2
     device_id: str = Field(pattern=DEVICE_ID_PATTERN)
     sent_at: datetime = Field(default_factory=_now)
 
@@ -386,12 +399,29 @@ class Status(_Message):
     detail: str = ""
 
 
+class TargetRef(_Strict):
+    """Names a signed update; everything else about it comes from the signed metadata.
+
+    The device looks ``path`` up in the repository's signed targets metadata (The Update
+    Framework), takes the manifest (files, hashes, I/O, golden reference) from the target's
+    signed custom data, and refuses it unless the signed sequence is ``sequence`` and not
+    below the one it committed last. So whoever can publish on the broker can at most ask for
+    something the release keys signed, and never for something older than what runs.
+    """
+
+    path: str = Field(pattern=TARGET_PATH_PATTERN, description="`models/{name}/{version}`")
+    sequence: int = Field(ge=1, lt=_INT_BOUND, description="the release's signed sequence")
+
+
 class Desired(_Message):
-    """The declarative state the server wants on a device. ``model=None`` means run nothing."""
+    """The declarative state the server wants on a device. ``target=None`` means run nothing.
+
+    It names a signed target and its sequence only: the manifest is never taken from MQTT.
+    """
 
     type: Literal["desired"] = "desired"
     revision: int = Field(ge=0, description="grows with every change for this device")
-    model: ModelManifest | None
+    target: TargetRef | None
     profile: DeviceProfile
 
 

@@ -32,12 +32,12 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from .protocol import Desired, Energy, Gate, LatencyStats, Phase
+from .protocol import DeviceProfile, Energy, Gate, LatencyStats, ModelManifest, Phase
 
 log = logging.getLogger("edgeloop.agent.states")
 
-SCHEMA_VERSION = 2
-READABLE_SCHEMAS = frozenset({1, SCHEMA_VERSION})
+SCHEMA_VERSION = 3
+READABLE_SCHEMAS = frozenset({1, 2, SCHEMA_VERSION})
 """Schema 1 had no remembered failures; it reads as a record with none."""
 MAX_RESUMES = 3
 """Restarts tolerated in one non-terminal state before the update is abandoned."""
@@ -90,6 +90,7 @@ class Event(StrEnum):
     RESTARTED_TOO_OFTEN = "restarted_too_often"
     NO_SPACE = "no_space"  # the device's own storage refused a write
     FAILED_BEFORE = "failed_before"  # the desired model already failed on this device
+    UNTRUSTED = "untrusted"  # the signed metadata does not vouch for it (or it is older)
 
 
 _READY = (Phase.IDLE, Phase.COMMITTED, Phase.ROLLED_BACK, Phase.FAILED)
@@ -100,6 +101,8 @@ TRANSITIONS: dict[tuple[Phase, Event], Phase] = {
     **{(state, Event.CLEARED): Phase.IDLE for state in _READY},
     # ... unless its model already failed here: refused at once, nothing fetched
     **{(state, Event.FAILED_BEFORE): Phase.FAILED for state in _READY},
+    # ... or the signed metadata does not vouch for it: refused, nothing fetched
+    **{(state, Event.UNTRUSTED): Phase.FAILED for state in _READY},
     # getting the bytes: download (hashing while streaming), then re-check what is on disk
     (Phase.DOWNLOADING, Event.DOWNLOADED): Phase.VERIFYING,
     (Phase.DOWNLOADING, Event.DOWNLOAD_FAILED): Phase.FAILED,
@@ -150,6 +153,29 @@ class SlotModel(BaseModel):
     label: str = Field(description="`name:version`")
     sha256: str
     revision: int
+    sequence: int = Field(
+        default=0, ge=0, description="its signed release sequence (0: from before signing)"
+    )
+
+
+class Update(BaseModel):
+    """One desired revision as the update flow acts on it: already trusted.
+
+    The wire's :class:`~edgeloop.agent.protocol.Desired` only names a signed target;
+    :mod:`edgeloop.agent.trust` turns it into this, with the manifest taken from the signed
+    metadata. Nothing else makes one but tests of the flow itself, which start past trust.
+    Unknown keys are ignored so a state file of schema 2 (which kept the wire message here)
+    still reads.
+    """
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    device_id: str
+    revision: int = Field(ge=0)
+    model: ModelManifest | None = Field(description="None: run no model")
+    profile: DeviceProfile
+    target: str | None = Field(default=None, description="the signed target it came from")
+    sequence: int = Field(default=0, ge=0, description="its signed sequence")
 
 
 class Measured(BaseModel):
@@ -237,7 +263,7 @@ class UpdateRecord(BaseModel):
     schema_version: int = SCHEMA_VERSION
     state: Phase = Phase.IDLE
     revision: int | None = Field(default=None, description="desired revision of this update")
-    desired: Desired | None = None
+    desired: Update | None = None
     committed: SlotModel | None = None
     previous: SlotModel | None = None
     candidate: SlotModel | None = None

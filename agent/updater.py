@@ -46,6 +46,7 @@ from .states import (
     Slot,
     SlotModel,
     StateStore,
+    Update,
     UpdateRecord,
     failed_before,
     next_state,
@@ -76,6 +77,35 @@ STORAGE_RETRY_S = (1.0, 60.0)
 
 _NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
 
+UNKNOWN_SHA256 = "0" * 64
+"""The artifact hash a report names when trust refused the update before any hash was known."""
+
+UNVERIFIED_GATES = frozenset(
+    {
+        Gate.SIGNATURE,
+        Gate.ROLLBACK,
+        Gate.EXPIRED,
+        Gate.METADATA,
+        Gate.SIZE,
+        Gate.DISK,
+        Gate.DOWNLOAD,
+        Gate.VERIFY,
+    }
+)
+"""Refusals that came before the files were on the device and matched their signed hashes."""
+
+Resolver = Callable[[Desired], Update]
+"""Turns a desired state from the wire into a trusted :class:`Update` (see
+:mod:`edgeloop.agent.releases`); raises :class:`GateError` naming the trust gate."""
+
+
+def _untrusted(desired: Desired) -> Update:
+    raise GateError(
+        Gate.SIGNATURE,
+        "this agent has no trusted root metadata, so it installs nothing: enrol it "
+        "(edgeloop-agent enrol) or give it the repository's root.json",
+    )
+
 
 @dataclass
 class Hooks:
@@ -86,8 +116,19 @@ class Hooks:
 
 
 class Updater:
-    def __init__(self, config: AgentConfig, host: ModelHost, hooks: Hooks | None = None) -> None:
+    def __init__(
+        self,
+        config: AgentConfig,
+        host: ModelHost,
+        hooks: Hooks | None = None,
+        resolve: Resolver = _untrusted,
+        http: requests.Session | None = None,
+    ) -> None:
+        """``resolve`` checks a desired state against the signed metadata; without one the
+        agent refuses every desired state that names a model. ``http`` carries the device's
+        credentials to the artifact server."""
         self.config = config
+        self.resolve = resolve
         self.host = host
         self.hooks = hooks or Hooks()
         workdir = config.workdir
@@ -98,10 +139,10 @@ class Updater:
         self.record = self.store.load()
         self._persisted = self.record
         self._recovered = False
-        self._wanted: Desired | None = None
+        self._wanted: Desired | Update | None = None
         self.stopping = threading.Event()
         self.rollback_requested = threading.Event()
-        self._http = requests.Session()
+        self._http = http or requests.Session()
         self._lock = threading.RLock()
 
     # ------------------------------------------------------------------ entry points
@@ -117,8 +158,12 @@ class Updater:
         """
         self._attempt(self._recover)
 
-    def apply(self, desired: Desired) -> None:
-        """Bring the device to ``desired`` (called for every desired message received)."""
+    def apply(self, desired: Desired | Update) -> None:
+        """Bring the device to ``desired`` (called for every desired message received).
+
+        A :class:`Desired` from the wire is resolved against the signed metadata first; an
+        :class:`Update` is taken as already trusted (the flow's own tests start there).
+        """
         with self._lock:
             self._wanted = desired
         self.run()
@@ -193,10 +238,61 @@ class Updater:
         if wanted.revision == self.record.revision:
             log.info("revision %d already handled (%s)", wanted.revision, self.record.state)
             return
-        self._begin(wanted)
+        update = self._trusted(wanted)
+        if update is not None:
+            self._begin(update)
         self._run_steps()
 
-    def _begin(self, desired: Desired) -> None:
+    def _trusted(self, wanted: Desired | Update) -> Update | None:
+        """The update ``wanted`` asks for, if trust lets it through; else the refusal is
+        recorded and reported (gate ``signature``, ``rollback``, ``expired``, ``metadata``)
+        while the committed model keeps serving."""
+        try:
+            update = wanted if isinstance(wanted, Update) else self.resolve(wanted)
+            committed = self.record.committed
+            if update.model is not None and committed is not None:
+                if update.sequence < committed.sequence:
+                    raise GateError(
+                        Gate.ROLLBACK,
+                        f"{update.target or update.model.name} has sequence {update.sequence}, "
+                        f"below {committed.sequence} of the committed {committed.label}: an "
+                        "older release is never installed again; an operator rollback "
+                        "re-signs it under a new sequence",
+                    )
+            return update
+        except GateError as exc:
+            self._refuse_untrusted(wanted, exc)
+            return None
+
+    def _refuse_untrusted(self, wanted: Desired | Update, exc: GateError) -> None:
+        if isinstance(wanted, Update):
+            label = f"{wanted.model.name}:{wanted.model.version}" if wanted.model else "-"
+            sha = wanted.model.artifact.sha256 if wanted.model else UNKNOWN_SHA256
+            sequence = wanted.sequence
+        else:
+            target = wanted.target
+            label = target.path.removeprefix("models/").replace("/", ":") if target else "-"
+            sha, sequence = UNKNOWN_SHA256, target.sequence if target else 0
+        reason = str(exc).removeprefix(f"{exc.gate}: ")
+        log.error("revision %d refused on %s: %s", wanted.revision, exc.gate, reason)
+        committed = self.record.committed
+        self._transition(
+            Event.UNTRUSTED,
+            revision=wanted.revision,
+            candidate=SlotModel(
+                slot=committed.slot.other if committed else Slot.A,
+                label=label,
+                sha256=sha,
+                revision=wanted.revision,
+                sequence=sequence,
+            ),
+            reason=reason,
+            gate=exc.gate,
+            measured=None,
+            agreement=None,
+        )
+
+    def _begin(self, desired: Update) -> None:
         if desired.model is None:
             self._transition(
                 Event.CLEARED,
@@ -222,6 +318,7 @@ class Updater:
                 label=f"{manifest.name}:{manifest.version}",
                 sha256=manifest.artifact.sha256,
                 revision=desired.revision,
+                sequence=desired.sequence,
             ),
             "reason": None,
             "gate": None,
@@ -480,7 +577,9 @@ class Updater:
                 **changes,
             }
         record = self.record.enter(state, **changes)
-        if event != Event.FAILED_BEFORE and worth_remembering(record.state, record.gate):
+        if event not in (Event.FAILED_BEFORE, Event.UNTRUSTED) and worth_remembering(
+            record.state, record.gate
+        ):
             record = record.model_copy(update={"failed": self._remembered(record)})
         self._save(record)
         log.info("%s -> %s on %s", event.value, state, record.revision)
@@ -589,7 +688,7 @@ class Updater:
             artifact_sha256=candidate.sha256,
             ok=ok,
             phase=record.state,
-            verified=record.gate not in (Gate.VERIFY, Gate.DOWNLOAD, Gate.DISK, Gate.SIZE),
+            verified=record.gate not in UNVERIFIED_GATES,
             golden_max_abs_err=measured.golden_max_abs_err if measured else None,
             latency=measured.latency if measured else None,
             peak_rss_mb=measured.peak_rss_mb if measured else None,
@@ -646,7 +745,7 @@ class Updater:
                     raise
         raise AssertionError("unreachable")
 
-    def _desired(self) -> Desired:
+    def _desired(self) -> Update:
         assert self.record.desired is not None, "an update without a desired state"
         return self.record.desired
 
@@ -655,7 +754,7 @@ class Updater:
         desired = self.record.desired
         return self._profile_of(desired) if desired else self.config.profile
 
-    def _profile_of(self, desired: Desired) -> DeviceProfile:
+    def _profile_of(self, desired: Update) -> DeviceProfile:
         return effective_profile(self.config.profile, desired.profile)
 
     def _manifest(self) -> ModelManifest:

@@ -8,6 +8,8 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from edgeloop.cli.output import token_option
+
 if TYPE_CHECKING:
     from edgeloop.compressor.report import BuiltModel
     from edgeloop.server.schemas import ModelCard
@@ -40,6 +42,7 @@ def register(commands: argparse._SubParsersAction) -> None:
         "--push", metavar="URL", help="register the chosen model with the control plane at URL"
     )
     compress.add_argument("--version", help="version to register (default: a content hash)")
+    token_option(compress)
     compress.set_defaults(run=_compress)
 
 
@@ -97,7 +100,8 @@ def _compress(args: argparse.Namespace) -> int:
     (out / "model_report.json").write_text(built.report.model_dump_json(indent=2))
     if args.push:
         try:
-            ApiClient(args.push).push_model(model_card(built), built.model_path, built.golden_path)
+            client = ApiClient(args.push, token=args.token)
+            client.push_model(model_card(built), built.model_path, built.golden_path)
         except ApiError as exc:
             print(f"edgeloop compress: not pushed: {exc}", file=sys.stderr)
             return 1

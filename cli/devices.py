@@ -1,8 +1,10 @@
-"""``edgeloop devices ls|show`` and ``edgeloop telemetry DEVICE``: the device registry."""
+"""``edgeloop devices ls|show|enrol|revoke`` and ``edgeloop telemetry DEVICE``: the device
+registry, and devices joining and leaving the fleet."""
 
 from __future__ import annotations
 
 import argparse
+import sys
 
 from rich.console import Console
 from rich.table import Table
@@ -15,8 +17,13 @@ from edgeloop.server.schemas import DeviceDetail
 
 def register(commands: argparse._SubParsersAction) -> None:
     devices = commands.add_parser("devices", help="the device registry")
-    devices.add_argument("action", choices=["ls", "show"])
-    devices.add_argument("device", nargs="?", help="show: the device id")
+    devices.add_argument("action", choices=["ls", "show", "enrol", "revoke"])
+    devices.add_argument(
+        "device",
+        nargs="?",
+        help="show: the device id; enrol: the id to give a one-time enrolment token for; "
+        "revoke: the device to cut off (certificate on the CRL, tokens dead)",
+    )
     devices.add_argument("--profile", help="ls: only devices of this profile")
     devices.add_argument("--tag", action="append", default=[], help="ls: carrying tag (repeat)")
     devices.add_argument("--online", action="store_true", help="ls: only online devices")
@@ -32,6 +39,10 @@ def register(commands: argparse._SubParsersAction) -> None:
 
 
 def _devices(client: ApiClient, args: argparse.Namespace, console: Console) -> int:
+    if args.action in ("enrol", "revoke"):
+        if not args.device:
+            raise ApiError(f"devices {args.action} needs a DEVICE id")
+        return _enrol(client, args) if args.action == "enrol" else _revoke(client, args)
     if args.action == "show":
         if not args.device:
             raise ApiError("devices show needs a DEVICE id")
@@ -72,6 +83,37 @@ def _devices(client: ApiClient, args: argparse.Namespace, console: Console) -> i
             when(row.last_seen),
         )
     console.print(table)
+    return 0
+
+
+def _enrol(client: ApiClient, args: argparse.Namespace) -> int:
+    created = client.enrolment_token(args.device)
+    if args.json:
+        print_json(created)
+        return 0
+    hours = created.expires_in_s // 3600
+    print(created.token)
+    print(
+        f"one-time enrolment token for {created.device_id}, valid {hours} h; on the device:\n"
+        f"  edgeloop-agent enrol --device-id {created.device_id} --server {args.server} "
+        "--token TOKEN",
+        file=sys.stderr,
+    )
+    return 0
+
+
+def _revoke(client: ApiClient, args: argparse.Namespace) -> int:
+    revoked = client.revoke_device(args.device)
+    if args.json:
+        print_json(revoked)
+        return 0
+    certs = ", ".join(revoked.certificates_revoked) or "none"
+    print(
+        f"{revoked.device_id}: {revoked.tokens_revoked} tokens revoked, certificates revoked: "
+        f"{certs}; its messages are ignored from now on"
+    )
+    if revoked.crl:
+        print(f"reload the broker so it rereads {revoked.crl} (systemctl reload mosquitto)")
     return 0
 
 

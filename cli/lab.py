@@ -17,14 +17,19 @@ def register(commands: argparse._SubParsersAction) -> None:
     demo.set_defaults(run=_demo)
 
     bench = commands.add_parser("bench", help="run a benchmark and write its figures")
-    bench.add_argument("name", help="benchmark name: demo, compress, agent, loop, robustness")
+    bench.add_argument(
+        "name", help="benchmark name: demo, compress, agent, loop, robustness, security"
+    )
     bench.add_argument("--json", type=Path, dest="json_path", help="write figures as JSON")
     bench.add_argument("--devices", type=int, default=2)
     bench.add_argument("--workdir", type=Path, default=Path(".edgeloop"))
     bench.add_argument("--broker", choices=["auto", "mosquitto", "amqtt"], default="auto")
     bench.add_argument("--cases", help="compress: comma-separated cases (image,nlp,control)")
     bench.add_argument(
-        "--runs", type=int, help="agent: kill -9 runs (default 200); loop: calls per timing (100)"
+        "--runs",
+        type=int,
+        help="agent: kill -9 runs (default 200); loop: calls per timing (100); security: "
+        "updates timed each way (5)",
     )
     bench.add_argument("--outage", type=float, help="agent: broker outage seconds (default 60)")
     bench.add_argument(

@@ -13,7 +13,7 @@ from datetime import datetime
 from pydantic import BaseModel
 from rich.console import Console
 
-from edgeloop.server.client import ApiClient, ApiError
+from edgeloop.server.client import TOKEN_ENV, ApiClient, ApiError
 
 DEFAULT_SERVER = "http://127.0.0.1:8000"
 
@@ -21,20 +21,32 @@ ApiCommand = Callable[[ApiClient, argparse.Namespace, Console], int]
 
 
 def api_options(sub: argparse.ArgumentParser) -> None:
-    """``--server`` and ``--json``, for commands that talk to the control plane."""
+    """``--server``, ``--token`` and ``--json``, for commands that talk to the control plane."""
     sub.add_argument(
         "--server",
         default=os.environ.get("EDGELOOP_SERVER", DEFAULT_SERVER),
         help="control plane URL (env EDGELOOP_SERVER)",
     )
+    token_option(sub)
     sub.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
 
+def token_option(sub: argparse.ArgumentParser) -> None:
+    """``--token``: the API token a command sends (``edgeloop tokens create`` makes one)."""
+    sub.add_argument(
+        "--token",
+        default=os.environ.get(TOKEN_ENV) or None,
+        help=f"API token (env {TOKEN_ENV}; the server's first one is in its "
+        "<workdir>/operator.token)",
+    )
+
+
 def over_api(command: ApiCommand) -> Callable[[argparse.Namespace], int]:
-    """Run ``command`` with a client for ``--server``; a refusal is one line and exit 2."""
+    """Run ``command`` with a client for ``--server`` and ``--token``; a refusal is one line
+    and exit 2."""
 
     def run(args: argparse.Namespace) -> int:
-        client = ApiClient(args.server)
+        client = ApiClient(args.server, token=args.token)
         console = Console(width=None if sys.stdout.isatty() else 160)
         try:
             return command(client, args, console)

@@ -12,6 +12,7 @@ client id, the CA's revocation list, and an ACL file.
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import pwd
 import shutil
@@ -22,6 +23,10 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
+
+from edgeloop.server.pki import SERVER_COMMON_NAME, CaDir
+
+log = logging.getLogger("edgeloop.lab.broker")
 
 MOSQUITTO_CONF = """\
 listener {port} 127.0.0.1
@@ -71,6 +76,21 @@ class TlsListener:
     keyfile: Path
     crlfile: Path
     acl_file: Path
+
+
+SHIPPED_ACL = Path(__file__).resolve().parents[1] / "deploy" / "mosquitto.acl"
+"""The ACL the product ships (a source checkout's ``deploy/``)."""
+
+
+def listener_for(ca: CaDir) -> TlsListener:
+    """The secure listener of ``deploy/mosquitto-secure.conf`` with ``ca``'s files."""
+    return TlsListener(
+        cafile=ca.cert,
+        certfile=ca.issued_cert(SERVER_COMMON_NAME),
+        keyfile=ca.issued_key(SERVER_COMMON_NAME),
+        crlfile=ca.crl,
+        acl_file=SHIPPED_ACL,
+    )
 
 
 def free_port() -> int:
@@ -187,8 +207,19 @@ class EmbeddedBroker(Broker):
             self._thread.join(5)
 
 
-def start_broker(workdir: Path, prefer: str = "auto") -> Broker:
-    """Mosquitto if it is on PATH (or ``prefer="mosquitto"``), else the embedded amqtt broker."""
+def start_broker(workdir: Path, prefer: str = "auto", secure: CaDir | None = None) -> Broker:
+    """Mosquitto if it is on PATH (or ``prefer="mosquitto"``), else the embedded amqtt broker.
+
+    ``secure``: Mosquitto in the shipped secure configuration with this CA's files (TLS,
+    client certificates, the ACL, the CRL). The embedded broker cannot enforce any of it; it
+    runs open and says so loudly.
+    """
     if prefer == "amqtt" or (prefer == "auto" and find_mosquitto() is None):
+        if secure is not None:
+            log.warning(
+                "the embedded MQTT broker (amqtt) cannot enforce TLS client certificates or "
+                "the per-device ACL: any client can speak for any device here. Updates stay "
+                "signed, but install Mosquitto (apt-get install mosquitto) for a secure fleet"
+            )
         return EmbeddedBroker()
-    return MosquittoBroker(workdir)
+    return MosquittoBroker(workdir, tls=listener_for(secure) if secure is not None else None)

@@ -25,7 +25,7 @@ from edgeloop.agent.profiles import PROFILES
 from edgeloop.agent.protocol import DeviceProfile
 from edgeloop.lab.broker import start_broker
 from edgeloop.lab.emulation import DeviceClass
-from edgeloop.lab.launch import AgentProcess, ServerProcess, wait_for_devices
+from edgeloop.lab.launch import AgentProcess, ServerProcess, fleet_ca, wait_for_devices
 from edgeloop.loop import CandidatePool, Loop, LoopResult, RoundRecord
 from edgeloop.server.client import ApiClient
 from edgeloop.server.schemas import FleetEntry
@@ -91,13 +91,25 @@ def run_demo(
         shutil.rmtree(workdir)
     workdir.mkdir(parents=True)
     processes: list[AgentProcess | ServerProcess] = []
-    with start_broker(workdir / "broker", prefer=broker) as mqtt:
-        console.print(f"[bold]broker[/]  {mqtt.kind} on 127.0.0.1:{mqtt.port}")
+    ca = fleet_ca(workdir / "pki")
+    with start_broker(workdir / "broker", prefer=broker, secure=ca) as mqtt:
+        secure = mqtt.kind == "mosquitto"
+        console.print(
+            f"[bold]broker[/]  {mqtt.kind} on 127.0.0.1:{mqtt.port}"
+            + (
+                "  (TLS, device certificates, per-device ACL)"
+                if secure
+                else "  [red](open: the embedded broker enforces no certificates or ACL)[/]"
+            )
+        )
         try:
-            server = ServerProcess(workdir, mqtt.port)
+            server = ServerProcess(workdir, mqtt.port, ca=ca, mqtt_tls=secure)
             processes.append(server)
             server.wait_ready()
-            console.print(f"[bold]server[/]  {server.url}  (SQLite {workdir / 'edgeloop.db'})")
+            console.print(
+                f"[bold]server[/]  {server.url}  (SQLite {workdir / 'edgeloop.db'}; signed "
+                f"updates from {workdir / 'tuf'}; operator token in {workdir / 'operator.token'})"
+            )
             agents = [
                 AgentProcess(
                     f"{profile.name}-{i:02d}",
@@ -106,6 +118,8 @@ def run_demo(
                     mqtt.port,
                     probation_s=0.5,
                     device_class=DEMO_CLASSES.get(profile.name),
+                    server=server,
+                    mqtt_tls=secure,
                 )
                 for i, profile in (
                     (i, DEMO_PROFILES[i % len(DEMO_PROFILES)]) for i in range(devices)
@@ -113,7 +127,7 @@ def run_demo(
             ]
             processes.extend(agents)
             console.print(f"[bold]agents[/]  {', '.join(a.device_id for a in agents)}")
-            client = ApiClient(server.url)
+            client = server.client()
             wait_for_devices(client, len(agents), agents)
             loop_result, loop = _run_loop(client, workdir / "compressor", console, devices)
             rows = _wait_for_reports(

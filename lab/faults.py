@@ -37,6 +37,7 @@ from edgeloop.agent.protocol import (
     FileRef,
     ModelManifest,
     Phase,
+    TargetRef,
     TensorSpec,
     decode,
     encode,
@@ -46,7 +47,8 @@ from edgeloop.agent.runtime import open_session
 from edgeloop.agent.slots import sha256_file
 from edgeloop.agent.states import StateFileError, StateStore
 from edgeloop.lab.broker import MosquittoBroker
-from edgeloop.lab.launch import AgentProcess, ServerProcess
+from edgeloop.lab.launch import AgentProcess, ServerProcess, operator_headers
+from edgeloop.server.releases import ReleaseSigner
 
 log = logging.getLogger("edgeloop.lab.faults")
 
@@ -79,7 +81,8 @@ def linear_model(weights: np.ndarray, padding_floats: int = 0) -> bytes:
 def upload_version(
     server_url: str, version: str, weights: np.ndarray, padding_floats: int, **fields: object
 ) -> ModelManifest:
-    """Build a model version, upload model and golden file, return the manifest devices get."""
+    """Build a model version, upload model and golden file (as the operator of the
+    :class:`ServerProcess` at ``server_url``), return the manifest devices get."""
     import hashlib
 
     inputs = np.random.default_rng(1).normal(size=(32, FEATURES)).astype(np.float32)
@@ -87,7 +90,12 @@ def upload_version(
     refs = []
     for data in (linear_model(weights, padding_floats), golden):
         digest = hashlib.sha256(data).hexdigest()
-        response = requests.put(f"{server_url}/api/v1/artifacts/{digest}", data=data, timeout=30)
+        response = requests.put(
+            f"{server_url}/api/v1/artifacts/{digest}",
+            data=data,
+            headers=operator_headers(server_url),
+            timeout=30,
+        )
         response.raise_for_status()
         refs.append(FileRef(url=f"{server_url}/artifacts/{digest}", sha256=digest, size=len(data)))
     return ModelManifest(
@@ -102,13 +110,26 @@ def upload_version(
 
 
 class DesiredPublisher:
-    """Plays the control plane's bridge: publishes a device's desired state, retained."""
+    """Plays the control plane's bridge: signs each manifest into the server's TUF repository
+    (as the server does for a model it sends) and publishes the desired state naming it,
+    retained. Going back to an older release re-signs it above the last one sent, as the
+    server does for a rollback; everything else the agent checks for itself."""
 
-    def __init__(self, port: int, device_id: str) -> None:
+    def __init__(self, port: int, device_id: str, tuf_dir: Path) -> None:
         self.device_id = device_id
+        self.releases = ReleaseSigner.open(tuf_dir)
+        self.last: TargetRef | None = None
         self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="bench-planner")
         self.client.connect("127.0.0.1", port)
         self.client.loop_start()
+
+    def sign(self, manifest: ModelManifest) -> TargetRef:
+        target = self.releases.ensure(manifest)
+        last = self.last
+        if last is not None and target.path != last.path and target.sequence < last.sequence:
+            target = self.releases.resign_above(manifest, last.sequence)
+        self.last = target
+        return target
 
     def publish(
         self,
@@ -116,10 +137,14 @@ class DesiredPublisher:
         manifest: ModelManifest | None,
         profile: DeviceProfile = PROFILE,
     ) -> None:
-        """Retain ``manifest`` as the device's desired state; ``profile`` is what the message
-        asks (the agent judges by its own, which a message may only tighten)."""
+        """Retain ``manifest``'s signed target as the device's desired state; ``profile`` is
+        what the message asks (the agent judges by its own, which a message may only
+        tighten)."""
         desired = Desired(
-            device_id=self.device_id, revision=revision, model=manifest, profile=profile
+            device_id=self.device_id,
+            revision=revision,
+            target=self.sign(manifest) if manifest is not None else None,
+            profile=profile,
         )
         info = self.client.publish(
             topic(self.device_id, Channel.DESIRED), encode(desired), qos=1, retain=True
@@ -256,7 +281,7 @@ def kill9_campaign(
                     min_agreement=0.9,
                 )
 
-            planner = DesiredPublisher(device_port, device_id)
+            planner = DesiredPublisher(device_port, device_id, server.workdir / "tuf")
 
             def start_agent() -> AgentProcess:
                 return AgentProcess(
@@ -267,6 +292,7 @@ def kill9_campaign(
                     inferences=30,
                     telemetry_interval_s=60,
                     probation_s=0.3,
+                    server=server,
                 )
 
             agent = start_agent()

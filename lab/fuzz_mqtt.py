@@ -22,29 +22,19 @@ from edgeloop.agent.profiles import PROFILES
 from edgeloop.agent.protocol import (
     Channel,
     Desired,
-    FileRef,
     Hello,
     LatencyStats,
-    ModelManifest,
     Phase,
     Report,
     Status,
+    TargetRef,
     Telemetry,
-    TensorSpec,
     decode,
     topic,
 )
 
 _PROFILE = PROFILES["sensor-hub"]
 _SHA = "0" * 64
-_MANIFEST = ModelManifest(
-    name="fuzz",
-    version="1",
-    artifact=FileRef(url="http://127.0.0.1:9/artifacts/" + _SHA, sha256=_SHA, size=10),
-    golden=FileRef(url="http://127.0.0.1:9/artifacts/" + _SHA, sha256=_SHA, size=10),
-    inputs=[TensorSpec(name="x", dtype="float32", shape=["batch", 4])],
-    outputs=[TensorSpec(name="y", dtype="float32", shape=["batch", 3])],
-)
 _LATENCY = LatencyStats(n=10, p50_ms=1, p95_ms=2, p99_ms=3, mean_ms=1.5)
 
 _JUNK: tuple[object, ...] = (
@@ -96,7 +86,10 @@ def _valid(kind: str, device_id: str, rng: random.Random) -> dict:
             device_id=device_id, rss_mb=10, latency=_LATENCY, seq=revision
         ),
         "desired": lambda: Desired(
-            device_id=device_id, revision=revision, model=_MANIFEST, profile=_PROFILE
+            device_id=device_id,
+            revision=revision,
+            target=TargetRef(path="models/fuzz/1", sequence=revision + 1),
+            profile=_PROFILE,
         ),
     }[kind]()
     return json.loads(message.model_dump_json())

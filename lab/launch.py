@@ -17,9 +17,36 @@ from typing import Any
 
 import requests
 
+from edgeloop.agent.identity import Identity, MqttTls
 from edgeloop.agent.protocol import DeviceProfile
 from edgeloop.lab.broker import free_port
 from edgeloop.lab.emulation import Confinement, DeviceClass
+from edgeloop.server.auth import OPERATOR_TOKEN_FILE
+from edgeloop.server.client import ApiClient
+from edgeloop.server.pki import SERVER_COMMON_NAME, CaDir, CertKind, init_ca, issue
+from edgeloop.server.tuf_repo import Expiry, TufRepository
+
+OFFLINE_ROOT_KEY = "offline/tuf-root.key"
+"""Where the lab keeps a server's TUF root key: in its workdir, outside the repository (a real
+install keeps it on an offline disk)."""
+
+
+def fleet_ca(root: Path) -> CaDir:
+    """The fleet CA under ``root`` (made on first use) with the server's certificate, which the
+    broker's TLS listener and the control plane's MQTT client share."""
+    ca = CaDir.at(root)
+    if not ca.cert.exists():
+        init_ca(ca)
+        issue(ca, SERVER_COMMON_NAME, CertKind.SERVER)
+    return ca
+
+
+def server_mqtt_tls(ca: CaDir) -> MqttTls:
+    return MqttTls(
+        ca=ca.cert,
+        cert=ca.issued_cert(SERVER_COMMON_NAME),
+        key=ca.issued_key(SERVER_COMMON_NAME),
+    )
 
 
 class ManagedProcess:
@@ -86,6 +113,21 @@ class ManagedProcess:
         return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
 
 
+_operator_tokens: dict[str, str] = {}
+"""The operator token of each control plane this process started, by URL."""
+
+
+def operator_headers(url: str) -> dict[str, str]:
+    """The operator's ``Authorization`` header for the control plane at ``url``, if this
+    process started it (a :class:`ServerProcess`, once ready; else none): for helpers that
+    are handed only a server's URL."""
+    return _authorization(_operator_tokens.get(url.rstrip("/")))
+
+
+def _authorization(token: str | None) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"} if token else {}
+
+
 class ServerProcess(ManagedProcess):
     def __init__(
         self,
@@ -93,11 +135,36 @@ class ServerProcess(ManagedProcess):
         mqtt_port: int,
         port: int | None = None,
         database_url: str | None = None,
+        *,
+        anonymous_downloads: bool = False,
+        ca: CaDir | None = None,
+        mqtt_tls: bool = False,
+        tuf_expiry: Expiry | None = None,
     ) -> None:
-        """``database_url``: e.g. PostgreSQL; by default a SQLite file in ``workdir``."""
+        """``database_url``: e.g. PostgreSQL; by default a SQLite file in ``workdir``.
+
+        As an operator sets one up: a TUF repository in ``workdir/tuf`` (``edgeloop tuf
+        init``, the root key kept apart in ``workdir/offline``; ``tuf_expiry`` shortens the
+        metadata's lives), and the fleet CA ``ca`` (default: ``workdir/pki``) that signs
+        device certificates at enrolment. ``mqtt_tls``: the broker is the secure one, so the
+        server speaks TLS to it with the CA's ``edgeloop-server`` certificate.
+
+        Every route but ``/healthz`` needs a token: :meth:`wait_ready` reads the operator token
+        the server writes on its first start into :attr:`token`. ``anonymous_downloads``:
+        ``edgeloop serve --anonymous-downloads``.
+        """
+        self.ca = ca or fleet_ca(workdir / "pki")
+        if not (workdir / "tuf" / "repository.json").exists():
+            TufRepository.init(workdir / "tuf", workdir / OFFLINE_ROOT_KEY, expiry=tuf_expiry)
+        tls = server_mqtt_tls(self.ca)
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.mqtt_port = mqtt_port
+        self.workdir = workdir
+        self.token: str | None = None
+        """The operator token (``<workdir>/operator.token``), once :meth:`wait_ready` read it."""
+        self.http = requests.Session()
+        """For raw requests as the operator (it carries :attr:`headers` once ready)."""
         argv = [
             sys.executable,
             "-m",
@@ -109,9 +176,32 @@ class ServerProcess(ManagedProcess):
             str(self.port),
             "--mqtt",
             f"127.0.0.1:{mqtt_port}",
+            "--ca-dir",
+            str(self.ca.root),
+            *(["--anonymous-downloads"] if anonymous_downloads else []),
+            *(
+                ["--mqtt-ca", str(tls.ca), "--mqtt-cert", str(tls.cert), "--mqtt-key", str(tls.key)]
+                if mqtt_tls
+                else []
+            ),
         ]
         env = {"EDGELOOP_DATABASE_URL": database_url} if database_url else None
         super().__init__("server", argv, workdir / "logs" / "server.log", env)
+
+    @property
+    def headers(self) -> dict[str, str]:
+        """The operator's ``Authorization`` header, for requests made without :meth:`client`
+        (empty before :meth:`wait_ready`)."""
+        return _authorization(self.token)
+
+    @property
+    def cli_args(self) -> list[str]:
+        """``--server URL --token TOKEN``: an ``edgeloop`` command acting as the operator."""
+        return ["--server", self.url, *(["--token", self.token] if self.token else [])]
+
+    def client(self) -> ApiClient:
+        """A REST client that acts as the operator."""
+        return ApiClient(self.url, token=self.token)
 
     def wait_ready(self, timeout_s: float = 30.0) -> None:
         deadline = time.monotonic() + timeout_s
@@ -120,11 +210,53 @@ class ServerProcess(ManagedProcess):
                 raise RuntimeError(f"server exited early:\n{self.log_tail()}")
             try:
                 if requests.get(self.url + "/healthz", timeout=1).json().get("mqtt_connected"):
+                    self.token = _operator_tokens[self.url] = self._operator_token()
+                    self.http.headers.update(self.headers)
                     return
             except (requests.RequestException, ValueError):
                 pass
             time.sleep(0.1)
         raise TimeoutError(f"server not ready within {timeout_s:.0f}s:\n{self.log_tail()}")
+
+    def enrol(self, device_id: str, device_workdir: Path) -> Identity:
+        """Enrol a device as an installer does: an operator's one-time token, then
+        ``edgeloop-agent enrol`` on the device (its own key, a CSR, the pinned root)."""
+        token = self.client().enrolment_token(device_id).token
+        enrolled = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "edgeloop.agent.cli",
+                "enrol",
+                "--device-id",
+                device_id,
+                "--server",
+                self.url,
+                "--token",
+                token,
+                "--workdir",
+                str(device_workdir),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        if enrolled.returncode != 0:
+            raise RuntimeError(f"enrolling {device_id} failed: {enrolled.stderr.strip()}")
+        return Identity(device_workdir / "identity")
+
+    def _operator_token(self) -> str:
+        """The token the server wrote on its first start (it is written before the server
+        listens, so a server that answers has written it)."""
+        path = self.workdir / OPERATOR_TOKEN_FILE
+        try:
+            return path.read_text().strip()
+        except FileNotFoundError:
+            raise RuntimeError(
+                f"the server answers but wrote no {path}: its database held an operator token "
+                "already (another workdir's?); give it a fresh database, or create a token "
+                "with `edgeloop tokens create`"
+            ) from None
 
 
 class AgentProcess(ManagedProcess):
@@ -142,9 +274,16 @@ class AgentProcess(ManagedProcess):
         env: dict[str, str] | None = None,
         tags: list[str] | None = None,
         device_class: DeviceClass | None = None,
+        server: ServerProcess | None = None,
+        mqtt_tls: bool = False,
     ) -> None:
         """``device_class`` confines the agent to an emulated class (``lab/emulation.py``);
-        the profile must announce the class's thread count."""
+        the profile must announce the class's thread count.
+
+        ``server``: the control plane the device trusts; the device is enrolled with it
+        first (once per workdir). Without one the agent trusts nothing and refuses every
+        update on the ``signature`` gate. ``mqtt_tls``: to the secure broker, with the
+        certificate enrolment gave it."""
         if device_class is not None and profile.cpu_threads != device_class.threads:
             raise ValueError(
                 f"profile {profile.name!r} has {profile.cpu_threads} threads but device class "
@@ -152,6 +291,8 @@ class AgentProcess(ManagedProcess):
             )
         self.device_id = device_id
         self.workdir = workdir / "devices" / device_id
+        if server is not None and not Identity(self.workdir / "identity").exists():
+            server.enrol(device_id, self.workdir)
         argv = [
             sys.executable,
             "-m",
@@ -174,6 +315,8 @@ class AgentProcess(ManagedProcess):
             "--endpoint-port",
             str(endpoint_port),
             *[arg for tag in tags or [] for arg in ("--tag", tag)],
+            *(["--server", server.url] if server is not None else []),
+            *(["--mqtt-tls"] if mqtt_tls else []),
         ]
         super().__init__(
             device_id,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -14,11 +15,13 @@ from starlette.routing import compile_path
 
 from .api.deps import PROBLEMS
 from .api.limits import BodyLimit, BodyLimitMiddleware
-from .api.routes import artifacts, devices, loop, models, rollouts
+from .api.routes import artifacts, audit, devices, loop, models, rollouts, trust
 from .config import Settings
 from .db import make_engine, make_sessionmaker
 from .fleet import Fleet
 from .mqtt_bridge import MqttBridge
+from .pki import CaDir
+from .releases import ReleaseSigner
 from .rollouts import RolloutController
 from .schemas import Health, Problem, ProblemPart
 from .store import ArtifactStore
@@ -30,11 +33,27 @@ ERRORS: dict[int | str, dict[str, object]] = {
 default 422 body is not the one we answer."""
 
 
-def create_app(settings: Settings, *, with_mqtt: bool = True) -> FastAPI:
+def create_app(
+    settings: Settings, *, with_mqtt: bool = True, anonymous_downloads: bool = False
+) -> FastAPI:
+    """The control plane. Every route but ``/healthz`` needs an API token
+    (``server/auth.py``); ``anonymous_downloads`` lets requests without one download
+    artifact files too, for agents that do not send a token yet: files are named by their
+    SHA-256 and devices check them against their manifest, but anyone who can reach the
+    server and knows a hash then gets the model."""
+    # Raises TufRepoError naming `edgeloop tuf init` when the repository is missing: a server
+    # that cannot sign would send devices nothing they may install.
+    releases = ReleaseSigner.open(settings.tuf_dir) if settings.tuf_dir is not None else None
     engine = make_engine(settings.database_url)
-    fleet = Fleet(make_sessionmaker(engine), settings.public_url)
+    fleet = Fleet(make_sessionmaker(engine), settings.public_url, releases)
     bridge = (
-        MqttBridge(fleet, settings.mqtt_host, settings.mqtt_port, session_key=settings.database_url)
+        MqttBridge(
+            fleet,
+            settings.mqtt_host,
+            settings.mqtt_port,
+            session_key=settings.database_url,
+            tls=settings.mqtt_tls,
+        )
         if with_mqtt
         else None
     )
@@ -43,6 +62,8 @@ def create_app(settings: Settings, *, with_mqtt: bool = True) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        if releases is not None:
+            releases.start()  # re-signs the timestamp before it expires
         if bridge is not None:
             bridge.start()  # re-sends every desired state on each (re)connect
         controller.start()
@@ -50,6 +71,8 @@ def create_app(settings: Settings, *, with_mqtt: bool = True) -> FastAPI:
         controller.stop()
         if bridge is not None:
             bridge.stop()
+        if releases is not None:
+            releases.stop()
         engine.dispose()
 
     app = FastAPI(title="edgeloop control plane", version="0.1.0", lifespan=lifespan)
@@ -58,8 +81,14 @@ def create_app(settings: Settings, *, with_mqtt: bool = True) -> FastAPI:
     app.state.store = ArtifactStore(settings.artifact_dir)
     app.state.bridge = bridge
     app.state.rollouts = controller
-    for module in (artifacts, models, devices, rollouts, loop):
+    app.state.anonymous_downloads = anonymous_downloads
+    app.state.releases = releases
+    app.state.ca = CaDir.at(settings.ca_dir, settings.ca_key) if settings.ca_dir else None
+    routers = (artifacts, models, devices, rollouts, loop, audit)
+    for module in (*routers, trust) if releases is not None else routers:
         app.include_router(module.router, responses=ERRORS)
+    if anonymous_downloads:
+        _document_optional_auth(app, artifacts.DOWNLOAD)
     app.add_middleware(
         BodyLimitMiddleware,
         default=BodyLimit(settings.max_json_body, "request bodies (--max-json-body)"),
@@ -108,6 +137,7 @@ def create_app(settings: Settings, *, with_mqtt: bool = True) -> FastAPI:
 
     @app.get("/healthz", tags=["health"])
     def healthz() -> Health:
+        """Liveness, for load balancers: open to anyone, and says nothing a token guards."""
         if bridge is None:
             return Health(ok=True, mqtt_connected=None)
         intake = bridge.intake.stats()
@@ -120,6 +150,22 @@ def create_app(settings: Settings, *, with_mqtt: bool = True) -> FastAPI:
         )
 
     return app
+
+
+def _document_optional_auth(app: FastAPI, path: str) -> None:
+    """Say in the OpenAPI document that ``path``'s operations take a token but need none
+    (an empty security requirement), as a server with anonymous downloads answers."""
+    generate = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is not None:
+            return app.openapi_schema
+        document = generate()
+        for operation in document["paths"][path].values():
+            operation["security"] = [*operation.get("security", []), {}]
+        return document
+
+    app.openapi = openapi  # type: ignore[method-assign]
 
 
 def validation_body(exc: RequestValidationError) -> dict[str, object]:

@@ -9,12 +9,15 @@ Invariants:
   (:func:`card_from_onnx`) imports onnxruntime inside the function.
 - Every failure is an :class:`ApiError`: the server refused (``status`` is its HTTP status),
   could not be reached, or answered something outside the contract (a server of another
-  version); the message says which.
+  version); the message says which. A refusal of the token (401, 403) says which token to set.
+- Every request carries the client's API token (``Authorization: Bearer``), if it has one:
+  the one it was given, else the environment's ``EDGELOOP_TOKEN``.
 """
 
 from __future__ import annotations
 
 import hashlib
+import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, TypeVar
@@ -27,10 +30,12 @@ from .schemas import (
     ArtifactGcResult,
     ArtifactPublic,
     ArtifactRemoved,
+    AuditEntryPublic,
     CalibrationPublic,
     CalibrationPut,
     DeviceDetail,
     DevicePublic,
+    EnrolTokenCreated,
     FleetEntry,
     Health,
     LoopDecisionCreate,
@@ -43,13 +48,17 @@ from .schemas import (
     ReportRecord,
     Retention,
     Retired,
+    Revoked,
     RolloutCreate,
     RolloutStatus,
     RolloutSummary,
     TelemetrySample,
 )
 
-__all__ = ["ApiClient", "ApiError", "card_from_onnx"]
+__all__ = ["TOKEN_ENV", "ApiClient", "ApiError", "card_from_onnx"]
+
+TOKEN_ENV = "EDGELOOP_TOKEN"
+"""Where a client without an explicit token finds one (the CLI's ``--token`` defaults to it)."""
 
 T = TypeVar("T")
 Item = TypeVar("Item", bound=BaseModel)
@@ -65,10 +74,15 @@ class ApiError(RuntimeError):
 
 
 class ApiClient:
-    def __init__(self, base_url: str, timeout_s: float = 30.0) -> None:
+    def __init__(self, base_url: str, timeout_s: float = 30.0, token: str | None = None) -> None:
+        """``token``: the API token to send; None: the environment's ``EDGELOOP_TOKEN``, if
+        set (else requests go without one, and only ``/healthz`` answers them)."""
         self.base_url = base_url.rstrip("/")
         self.timeout_s = timeout_s
+        self.token = token or os.environ.get(TOKEN_ENV) or None
         self.http = requests.Session()
+        if self.token:
+            self.http.headers["Authorization"] = f"Bearer {self.token}"
 
     def _call(self, method: str, path: str, **kwargs: Any) -> Any:
         """The answer's JSON (None for an empty body).
@@ -90,7 +104,9 @@ class ApiClient:
             except ValueError:
                 detail = response.text
             raise ApiError(
-                f"{method} {path}: HTTP {response.status_code}: {detail}", response.status_code
+                f"{method} {path}: HTTP {response.status_code}: {detail}"
+                + self._token_advice(response.status_code),
+                response.status_code,
             )
         try:
             return response.json() if response.content else None
@@ -98,6 +114,17 @@ class ApiClient:
             raise ApiError(
                 f"{method} {path}: the answer is not JSON: {response.text[:200]!r}"
             ) from None
+
+    def _token_advice(self, status: int) -> str:
+        """What to do about a refused token, in the client's terms (the server's detail says
+        what was wrong with it)."""
+        if status == 401 and self.token is None:
+            return f" (no token was sent: set {TOKEN_ENV} or pass --token)"
+        if status == 401:
+            return f" (set {TOKEN_ENV} or --token to a valid token of this server)"
+        if status == 403:
+            return f" (set {TOKEN_ENV} or --token to a token of the role this needs)"
+        return ""
 
     def _typed(self, kind: type[T], method: str, path: str, **kwargs: Any) -> T:
         """:meth:`_call`, the answer parsed as ``kind``.
@@ -307,6 +334,37 @@ class ApiClient:
     def rollout_action(self, rollout_id: int, action: str) -> RolloutStatus:
         """``action``: pause, resume, cancel or rollback."""
         return self._typed(RolloutStatus, "POST", f"/api/v1/rollouts/{rollout_id}/{action}")
+
+    # ------------------------------------------------------------------ trust
+
+    def enrolment_token(self, device_id: str) -> EnrolTokenCreated:
+        """A one-time token that enrols ``device_id`` (``edgeloop-agent enrol --token``)."""
+        return self._typed(
+            EnrolTokenCreated, "POST", f"/api/v1/devices/{device_id}/enrolment-token"
+        )
+
+    def revoke_device(self, device_id: str) -> Revoked:
+        """Cut ``device_id`` off: certificate on the CRL, tokens dead, messages ignored."""
+        return self._typed(Revoked, "POST", f"/api/v1/devices/{device_id}/revoke")
+
+    # ------------------------------------------------------------------ audit
+
+    def audit(
+        self,
+        *,
+        limit: int = 100,
+        offset: int = 0,
+        actor: str | None = None,
+        action: str | None = None,
+    ) -> Page[AuditEntryPublic]:
+        """One page of the audit trail, newest first: by ``actor`` (a token's name), of
+        ``action`` (e.g. ``rollout.create``)."""
+        params: dict[str, Any] = {"limit": limit, "offset": offset}
+        if actor is not None:
+            params["actor"] = actor
+        if action is not None:
+            params["action"] = action
+        return self._typed(Page[AuditEntryPublic], "GET", "/api/v1/audit", params=params)
 
 
 def card_from_onnx(

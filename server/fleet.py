@@ -28,13 +28,17 @@ from edgeloop.agent.protocol import (
     Hello,
     ModelManifest,
     Phase,
+    ProtocolError,
+    Refusal,
     Report,
     Status,
+    TargetRef,
     Telemetry,
 )
 
 from .models import Artifact, DesiredState, Device, DeviceReport, ModelVersion, TelemetrySample
 from .planner import Candidate, choose_model
+from .releases import ReleaseSigner
 from .schemas import STORED, FleetEntry, ModelCreate, ModelFigures, ReportRecord
 
 log = logging.getLogger("edgeloop.server.fleet")
@@ -96,10 +100,17 @@ class _Offers:
 
 
 class Fleet:
-    def __init__(self, sessions: sessionmaker, public_url: str) -> None:
+    def __init__(
+        self, sessions: sessionmaker, public_url: str, releases: ReleaseSigner | None = None
+    ) -> None:
+        """``releases`` signs every model a desired state names; without it (tests of the
+        registry alone) no desired state can name a model."""
         self.sessions = sessions
         self.public_url = public_url.rstrip("/")
+        self.releases = releases
         self.publish: Publisher = lambda desired: None
+        self.clear_desired: Callable[[str], None] = lambda device_id: None
+        """Removes a device's retained desired state from the broker (the MQTT bridge)."""
         self.after_device_message: Callable[[], None] = lambda: None
         """Called after a hello or report is stored (the rollout controller wakes on it)."""
 
@@ -107,7 +118,7 @@ class Fleet:
 
     def on_hello(self, hello: Hello) -> None:
         with self.sessions.begin() as db:
-            device = db.get(Device, hello.device_id)
+            device = _unless_revoked(db.get(Device, hello.device_id))
             profile = hello.profile.model_dump(mode="json")
             if device is None:
                 device = Device(id=hello.device_id, profile=profile)
@@ -127,7 +138,7 @@ class Fleet:
 
     def on_status(self, status: Status) -> None:
         with self.sessions.begin() as db:
-            device = db.get(Device, status.device_id)
+            device = _unless_revoked(db.get(Device, status.device_id))
             if device is None:
                 log.info("status from unregistered device %s ignored", status.device_id)
                 return
@@ -137,7 +148,7 @@ class Fleet:
 
     def on_report(self, report: Report) -> None:
         with self.sessions.begin() as db:
-            device = db.get(Device, report.device_id)
+            device = _unless_revoked(db.get(Device, report.device_id))
             if device is None:
                 log.warning("report from unregistered device %s dropped", report.device_id)
                 return
@@ -162,7 +173,7 @@ class Fleet:
 
     def on_telemetry(self, telemetry: Telemetry) -> None:
         with self.sessions.begin() as db:
-            if db.get(Device, telemetry.device_id) is None:
+            if _unless_revoked(db.get(Device, telemetry.device_id)) is None:
                 return
             db.add(
                 TelemetrySample(
@@ -171,6 +182,25 @@ class Fleet:
                     payload=telemetry.model_dump(mode="json"),
                 )
             )
+
+    def revoke(self, device_id: str) -> None:
+        """Stop believing and feeding ``device_id`` (``edgeloop devices revoke``): its
+        messages are dropped from now on and its retained desired state is removed."""
+        with self.sessions.begin() as db:
+            device = db.get(Device, device_id)
+            if device is not None:
+                device.revoked_at = datetime.now(UTC)
+                device.online = False
+        self.clear_desired(device_id)
+        log.warning("device %s revoked: its messages are ignored from now on", device_id)
+
+    def readmit(self, device_id: str) -> None:
+        """``device_id`` enrolled again: its messages count again."""
+        with self.sessions.begin() as db:
+            device = db.get(Device, device_id)
+            if device is not None and device.revoked_at is not None:
+                device.revoked_at = None
+                log.info("device %s enrolled again after its revocation", device_id)
 
     # ------------------------------------------------------------------ models
 
@@ -307,6 +337,8 @@ class Fleet:
         Raises:
             StoredVersionError: ``model`` cannot be sent (its stored row does not validate).
         """
+        if device.revoked_at is not None:
+            return False
         chosen_id = model.id if model else None
         state = db.get(DesiredState, device.id)
         if state is None:
@@ -315,21 +347,39 @@ class Fleet:
         changed = state.revision == 0 or state.model_version_id != chosen_id
         state.reason = reason
         state.source = source
+        floor = self._running_sequence(db, device, state) if changed and model else None
         if changed:
             state.revision += 1
             state.model_version_id = chosen_id
             state.published_at = datetime.now(UTC)
             log.info("device %s -> revision %d: %s", device.id, state.revision, reason)
         if changed or force:
-            self._after_commit(db, self._desired(db, device, state))
+            self._after_commit(db, self._desired(db, device, state, floor=floor))
         return changed
+
+    def _running_sequence(self, db: Session, device: Device, state: DesiredState) -> int | None:
+        """The highest signed sequence ``device`` may run now: of its last desired model and
+        of the model it reported running. Anything sent to it must be signed above that."""
+        if self.releases is None:
+            return None
+        labels: list[tuple[str, str]] = []
+        if state.model_version_id is not None:
+            previous = db.get(ModelVersion, state.model_version_id)
+            if previous is not None:
+                labels.append((previous.name, previous.version))
+        if device.current_model and ":" in device.current_model:
+            name, _, version = device.current_model.partition(":")
+            labels.append((name, version))
+        sequences = [self.releases.sequence_of(name, version) for name, version in labels]
+        known = [sequence for sequence in sequences if sequence is not None]
+        return max(known) if known else None
 
     def republish(self, db: Session, device: Device) -> None:
         """Re-send ``device``'s desired state. One whose model no longer validates is not
         sent (the device keeps the retained one it has) and the error is logged: a re-send is
         never worth failing the hello or the restart that asked for it."""
         state = db.get(DesiredState, device.id)
-        if state is None:
+        if state is None or device.revoked_at is not None:
             return
         try:
             desired = self._desired(db, device, state)
@@ -345,14 +395,35 @@ class Fleet:
             for device in db.scalars(select(Device)):
                 self.republish(db, device)
 
-    def _desired(self, db: Session, device: Device, state: DesiredState) -> Desired:
+    def _desired(
+        self, db: Session, device: Device, state: DesiredState, *, floor: int | None = None
+    ) -> Desired:
+        """``floor``: the sequence the device runs; a lower release is re-signed above it."""
         model = db.get(ModelVersion, state.model_version_id) if state.model_version_id else None
         return Desired(
             device_id=device.id,
             revision=state.revision,
-            model=self._manifest(db, model) if model else None,
+            target=self.signed_target(db, model, floor=floor) if model else None,
             profile=DeviceProfile.model_validate(device.profile),
         )
+
+    def signed_target(
+        self, db: Session, model: ModelVersion, *, floor: int | None = None
+    ) -> TargetRef:
+        """``model``'s signed target, signing it first if needed (and above ``floor``).
+
+        Raises:
+            StoredVersionError: the row cannot make a manifest, or this fleet signs nothing.
+        """
+        manifest = self._manifest(db, model)
+        if self.releases is None:
+            raise StoredVersionError(model, "this server has no release signer (TUF repository)")
+        if (
+            floor is not None
+            and (self.releases.sequence_of(model.name, model.version) or 0) <= floor
+        ):
+            return self.releases.resign_above(manifest, floor)
+        return self.releases.ensure(manifest)
 
     def _after_commit(self, db: Session, desired: Desired) -> None:
         pending = db.info.setdefault("edgeloop_publish", [])
@@ -441,6 +512,21 @@ class Fleet:
                     )
                 )
         return rows
+
+
+def _unless_revoked(device: Device | None) -> Device | None:
+    """``device``, unless an operator revoked it.
+
+    Raises:
+        ProtocolError: it is revoked (the bridge counts the message as dropped, ``revoked``).
+    """
+    if device is not None and device.revoked_at is not None:
+        raise ProtocolError(
+            f"device {device.id} was revoked at {device.revoked_at:%Y-%m-%d %H:%M}; its "
+            "messages are ignored until it enrols again",
+            Refusal.REVOKED,
+        )
+    return device
 
 
 def report_record(row: DeviceReport) -> ReportRecord:

@@ -41,6 +41,9 @@ class Device(Base):
     tags: Mapped[list[Any]] = mapped_column(default=list)
     first_seen: Mapped[datetime] = mapped_column(default=utcnow)
     last_seen: Mapped[datetime] = mapped_column(default=utcnow)
+    revoked_at: Mapped[datetime | None] = mapped_column(default=None)
+    """Set by ``edgeloop devices revoke``: its messages are ignored, nothing is sent to it;
+    cleared when it enrols again."""
 
 
 class Artifact(Base):
@@ -178,3 +181,38 @@ class Calibration(Base):
     calibration: Mapped[dict[str, Any]]
     observations: Mapped[int] = mapped_column(default=0)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class ApiToken(Base):
+    """A credential for the REST API. Its secret is never stored: only its SHA-256 (what a
+    request's bearer token is looked up by) and a short prefix people recognise it by."""
+
+    __tablename__ = "api_tokens"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(64), doc="who holds it; the audit trail's actor")
+    role: Mapped[str] = mapped_column(String(16), doc="operator, viewer or device")
+    device_id: Mapped[str | None] = mapped_column(
+        String(64), default=None, index=True, doc="a device token: the one device it acts for"
+    )
+    prefix: Mapped[str] = mapped_column(String(16), doc="the secret's first characters")
+    token_sha256: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    expires_at: Mapped[datetime | None] = mapped_column(default=None)
+    revoked_at: Mapped[datetime | None] = mapped_column(default=None)
+    last_used_at: Mapped[datetime | None] = mapped_column(default=None)
+
+
+class AuditEntry(Base):
+    """One change made through the API (or to the token table): who, what, on what."""
+
+    __tablename__ = "audit_log"
+    __table_args__ = (Index("ix_audit_log_actor_action", "actor", "action"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    at: Mapped[datetime] = mapped_column(default=utcnow)
+    actor: Mapped[str] = mapped_column(String(128), doc="the token's name, or `local:USER`")
+    role: Mapped[str | None] = mapped_column(String(16), default=None)
+    action: Mapped[str] = mapped_column(String(64), doc="e.g. rollout.create, model.retire")
+    target: Mapped[str] = mapped_column(default="")
+    detail: Mapped[dict[str, Any]] = mapped_column(default=dict)

@@ -21,6 +21,7 @@ import uuid
 
 import paho.mqtt.client as mqtt
 
+from edgeloop.agent.identity import MqttTls
 from edgeloop.agent.protocol import (
     Channel,
     Desired,
@@ -44,10 +45,18 @@ INBOUND = (Channel.HELLO, Channel.STATUS, Channel.REPORT, Channel.TELEMETRY)
 
 
 class MqttBridge:
-    def __init__(self, fleet: Fleet, host: str, port: int, session_key: str | None = None) -> None:
+    def __init__(
+        self,
+        fleet: Fleet,
+        host: str,
+        port: int,
+        session_key: str | None = None,
+        tls: MqttTls | None = None,
+    ) -> None:
         """``session_key`` names a persistent broker session (e.g. the database URL): while
         this server is down the broker queues the devices' QoS 1 reports for it, and the
-        restarted server reads them. Without one, the session is clean and throwaway."""
+        restarted server reads them. Without one, the session is clean and throwaway.
+        ``tls``: the server's certificate (CN ``edgeloop-server``) for a TLS broker."""
         self.fleet = fleet
         self.host, self.port = host, port
         self.connected = threading.Event()
@@ -69,6 +78,15 @@ class MqttBridge:
             clean_session=clean,
         )
         self.client.max_queued_messages_set(0)
+        if tls is not None:
+            tls.apply(self.client)
+        else:
+            log.warning(
+                "MQTT to %s:%d in the clear and without a certificate; production brokers "
+                "take --mqtt-ca/--mqtt-cert/--mqtt-key (docs/security.md)",
+                host,
+                port,
+            )
         self.client.reconnect_delay_set(min_delay=1, max_delay=30)
         # Each callback is guarded; this is the net under the guard.
         self.client.suppress_exceptions = True
@@ -76,6 +94,7 @@ class MqttBridge:
         self.client.on_disconnect = self.intake.guard(self._on_disconnect)
         self.client.on_message = self.intake.guard(self._on_message)
         fleet.publish = self.publish_desired
+        fleet.clear_desired = self.clear_desired
 
     def start(self, timeout_s: float = 10.0) -> None:
         self._republisher.start()
@@ -100,6 +119,10 @@ class MqttBridge:
         self.client.publish(
             topic(desired.device_id, Channel.DESIRED), encode(desired), qos=1, retain=True
         )
+
+    def clear_desired(self, device_id: str) -> None:
+        """An empty retained payload deletes the retained desired state (a revoked device)."""
+        self.client.publish(topic(device_id, Channel.DESIRED), b"", qos=1, retain=True)
 
     def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:
         if reason_code.is_failure:

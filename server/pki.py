@@ -2,7 +2,7 @@
 
 Mosquitto authenticates every client by its certificate and takes the certificate's common
 name (CN) as the MQTT username (``use_identity_as_username``); the ACL then lets a device
-touch only ``edgeloop/v1/devices/<its CN>/...``. So a device's CN *is* its device id, and
+touch only ``edgeloop/v2/devices/<its CN>/...``. So a device's CN *is* its device id, and
 whoever holds the CA key decides every identity on the broker.
 
 A CA directory (:class:`CaDir`) holds::
@@ -218,8 +218,12 @@ def issue(
     *,
     hosts: Sequence[str] = SERVER_HOSTS,
     validity: timedelta = LEAF_VALIDITY,
+    public_key: ec.EllipticCurvePublicKey | None = None,
 ) -> IssuedCert:
     """Issue a P-256 key and certificate for ``common_name`` into ``certs/``.
+
+    With ``public_key`` (from a device's signing request at enrolment) only the certificate is
+    made: the private key was born on the device and never leaves it.
 
     A device certificate is for TLS client auth only; its CN is the device id, which the
     broker's ACL turns into the only topics it may use. A server certificate serves both
@@ -271,20 +275,19 @@ def issue(
                 f"a certificate until {not_after:%Y-%m-%d} would outlive the CA (until "
                 f"{ca_cert.not_valid_after_utc:%Y-%m-%d}); ask for a shorter validity"
             )
-        leaf_key = ec.generate_private_key(ec.SECP256R1())
+        leaf_key = ec.generate_private_key(ec.SECP256R1()) if public_key is None else None
+        leaf_public = public_key or leaf_key.public_key()  # type: ignore[union-attr]
         builder = (
             x509.CertificateBuilder()
             .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)]))
             .issuer_name(ca_cert.subject)
-            .public_key(leaf_key.public_key())
+            .public_key(leaf_public)
             .serial_number(x509.random_serial_number())
             .not_valid_before(now - CLOCK_SKEW)
             .not_valid_after(not_after)
             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
             .add_extension(_key_usage(ca=False), critical=True)
-            .add_extension(
-                x509.SubjectKeyIdentifier.from_public_key(leaf_key.public_key()), critical=False
-            )
+            .add_extension(x509.SubjectKeyIdentifier.from_public_key(leaf_public), critical=False)
             .add_extension(
                 x509.AuthorityKeyIdentifier.from_issuer_public_key(key.public_key()),
                 critical=False,
@@ -303,7 +306,8 @@ def issue(
             )
         cert = builder.sign(key, hashes.SHA256())
         ca.issued_cert(common_name).parent.mkdir(exist_ok=True, mode=0o750)
-        _write_private(ca.issued_key(common_name), _key_pem(leaf_key))
+        if leaf_key is not None:
+            _write_private(ca.issued_key(common_name), _key_pem(leaf_key))
         write_atomic(ca.issued_cert(common_name), cert.public_bytes(serialization.Encoding.PEM))
         issued = IssuedCert(
             serial=f"{cert.serial_number:x}",

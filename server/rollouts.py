@@ -192,7 +192,7 @@ class RolloutController:
             devices = [
                 d
                 for d in db.scalars(select(Device).order_by(Device.id))
-                if matches(request.target, d)
+                if matches(request.target, d) and d.revoked_at is None
             ]
             if not devices:
                 raise RolloutError(f"no device matches the target {request.target.model_dump()}")
@@ -374,7 +374,7 @@ class RolloutController:
         target = Target.model_validate(rollout.target)
         enlisted = {p.device_id for p in self._parts(db, rollout.id)}
         for device in db.scalars(select(Device).order_by(Device.id)):
-            if device.id not in enlisted and matches(target, device):
+            if device.id not in enlisted and matches(target, device) and device.revoked_at is None:
                 state = db.get(DesiredState, device.id)
                 if state is not None and state.source.startswith("rollout:"):
                     continue  # another rollout owns it; the newer one already decided

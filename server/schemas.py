@@ -66,6 +66,7 @@ __all__ = [
     "ArtifactGcResult",
     "ArtifactPublic",
     "ArtifactRemoved",
+    "AuditEntryPublic",
     "CalibrationPublic",
     "CalibrationPut",
     "Criteria",
@@ -88,6 +89,7 @@ __all__ = [
     "ReportRecord",
     "Retention",
     "Retired",
+    "Role",
     "RolloutAction",
     "RolloutCreate",
     "RolloutDeviceStatus",
@@ -579,3 +581,67 @@ class CalibrationPublic(CalibrationPut):
 
     profile: str
     updated_at: UtcDatetime
+
+
+# --------------------------------------------------------------------------- who may do what
+
+
+class Role(StrEnum):
+    """What an API token may do (``edgeloop.server.auth`` checks it on every route).
+
+    One word per kind of caller, the same in the token table, the audit trail, the CLI and the
+    errors the API answers."""
+
+    OPERATOR = "operator"  # everything: register, roll out, retire, delete
+    VIEWER = "viewer"  # every read (a dashboard, Grafana, someone on call), no write
+    DEVICE = "device"  # one device: artifact downloads and its own records, nothing else
+    ENROL = "enrol"  # one use: a device exchanges it for its identity (POST /api/v1/enrol)
+
+
+class AuditEntryPublic(BaseModel):
+    """One change made through the API: who (the token's name and role), what, on what."""
+
+    model_config = _FREE_FORM_ANSWER
+
+    id: int
+    at: UtcDatetime
+    actor: str = Field(
+        description="the name of the token that made the change; `local:USER` for a change "
+        "made on the database itself (`edgeloop tokens`, the server's first start)"
+    )
+    role: Role | None = Field(description="the token's role; null for a local change")
+    action: str = Field(description="what was done, e.g. `rollout.create`, `model.retire`")
+    target: str = Field(description="what it was done to, e.g. `rollout:3`, `model:m:1`")
+    detail: dict[str, JsonValue] = Field(description="the request's particulars")
+
+
+# --------------------------------------------------------------------------- trust
+
+
+class EnrolTokenCreated(BaseModel):
+    """What the operator hands the installer: the secret, shown once."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    device_id: str
+    token: str
+    expires_in_s: int
+
+
+class Revoked(BaseModel):
+    """What ``devices revoke`` did."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    device_id: str
+    tokens_revoked: int
+    certificates_revoked: list[str]
+    crl: str | None = None
+
+
+class TufMetadata(BaseModel):
+    """One file of the update repository as The Update Framework writes it (its ``signed``
+    part differs by role); devices check it with python-tuf, never by this shape."""
+
+    signed: dict[str, Any]
+    signatures: list[dict[str, Any]]

@@ -22,6 +22,7 @@ from onnx import TensorProto, helper, numpy_helper
 from edgeloop.agent.golden import golden_bytes
 from edgeloop.agent.protocol import DeviceProfile, FileRef, ModelManifest, TensorSpec
 from edgeloop.agent.runtime import record_golden
+from edgeloop.lab.launch import operator_headers
 
 FEATURES, CLASSES = 4, 3
 RNG = np.random.default_rng(0)
@@ -148,6 +149,14 @@ class Published:
     manifest: ModelManifest
 
 
+def downloader(server_url: str) -> requests.Session:
+    """An HTTP session that may download from the control plane at ``server_url``: for the
+    update flow's own tests, which start past trust (a real agent sends its device token)."""
+    session = requests.Session()
+    session.headers.update(operator_headers(server_url))
+    return session
+
+
 def publish(
     server_url: str,
     version: str,
@@ -157,7 +166,8 @@ def publish(
     weights: np.ndarray | None = None,
     **manifest_fields: object,
 ) -> Published:
-    """Upload both files to the control plane's artifact store; build their manifest.
+    """Upload both files to the control plane's artifact store (as the operator of the
+    :class:`~edgeloop.lab.launch.ServerProcess` at ``server_url``); build their manifest.
 
     ``golden`` defaults to the model's own outputs on :data:`GOLDEN_INPUTS` (``weights``
     gives them without running the model, which a broken model could not).
@@ -165,10 +175,13 @@ def publish(
     if golden is None:
         w = BASE_WEIGHTS if weights is None else weights
         golden = golden_npz(GOLDEN_INPUTS @ w)
+    headers = operator_headers(server_url)
     refs = []
     for data in (model, golden):
         digest = sha(data)
-        response = requests.put(f"{server_url}/api/v1/artifacts/{digest}", data=data, timeout=10)
+        response = requests.put(
+            f"{server_url}/api/v1/artifacts/{digest}", data=data, headers=headers, timeout=10
+        )
         assert response.status_code in (200, 201), response.text
         refs.append(FileRef(url=f"{server_url}/artifacts/{digest}", sha256=digest, size=len(data)))
     fields: dict = {

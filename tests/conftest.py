@@ -13,6 +13,7 @@ from postgres import PostgresCluster, unavailable_reason
 
 from edgeloop.lab.broker import Broker, EmbeddedBroker, MosquittoBroker, find_mosquitto
 from edgeloop.lab.launch import ServerProcess
+from edgeloop.server.client import TOKEN_ENV
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -66,11 +67,18 @@ def embedded_broker() -> Iterator[Broker]:
 
 
 @pytest.fixture()
-def server(tmp_path: Path, mosquitto: Broker) -> Iterator[ServerProcess]:
-    """The control plane as a separate process with its own SQLite file."""
+def server(
+    tmp_path: Path, mosquitto: Broker, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[ServerProcess]:
+    """The control plane as a separate process with its own SQLite file; ``EDGELOOP_TOKEN``
+    is its operator token meanwhile, as in an operator's shell, so a client or command made
+    without a token acts as the operator (``server.client()`` and ``server.headers`` say so
+    explicitly)."""
     process = ServerProcess(tmp_path, mosquitto.port)
     try:
         process.wait_ready()
+        assert process.token is not None
+        monkeypatch.setenv(TOKEN_ENV, process.token)
         yield process
     finally:
         process.stop()

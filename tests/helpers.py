@@ -6,9 +6,12 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import TypeVar
 
-from edgeloop.agent.protocol import DeviceProfile
+from edgeloop.agent.protocol import DeviceProfile, ModelManifest
+from edgeloop.server.client import ApiClient
+from edgeloop.server.schemas import ModelCreate, ModelFigures, ModelPublic
 
 T = TypeVar("T")
 
@@ -53,3 +56,31 @@ def run_command(module: str, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", module, *args], capture_output=True, text=True, timeout=60
     )
+
+
+def register(
+    client: ApiClient, manifest: ModelManifest, accuracy: float, *, plan: bool = False
+) -> ModelPublic:
+    """Register the model version whose files ``manifest`` names (uploaded already)."""
+    return client.register_model(
+        ModelCreate(
+            name=manifest.name,
+            version=manifest.version,
+            artifact_sha256=manifest.artifact.sha256,
+            golden_sha256=manifest.golden.sha256,
+            inputs=manifest.inputs,
+            outputs=manifest.outputs,
+            report=ModelFigures(accuracy=accuracy, size_bytes=manifest.artifact.size),
+        ),
+        plan=plan,
+    )
+
+
+def signing_repository(workdir: Path) -> Path:
+    """A TUF repository in ``workdir/tuf`` (made once; its root key beside it, outside), for
+    an app built in-process (``Settings(tuf_dir=...)``)."""
+    from edgeloop.server.tuf_repo import TufRepository
+
+    if not (workdir / "tuf" / "repository.json").exists():
+        TufRepository.init(workdir / "tuf", workdir / "offline" / "tuf-root.key")
+    return workdir / "tuf"

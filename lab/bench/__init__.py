@@ -96,6 +96,7 @@ BENCHES: dict[str, str] = {
     "agent": "edgeloop.lab.bench.agent",
     "loop": "edgeloop.lab.bench.loop",
     "robustness": "edgeloop.lab.bench.robustness",
+    "security": "edgeloop.lab.bench.security",
 }
 """Benchmark name -> its module; each module's ``run(args)`` measures and returns figures."""
 

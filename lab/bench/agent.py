@@ -183,8 +183,10 @@ def footprint(workdir: Path, *, download_mb: int = 64, padding_floats: int = 1_5
         try:
             weights = np.random.default_rng(0).normal(size=(FEATURES, CLASSES)).astype(np.float32)
             manifest = upload_version(server.url, "a", weights, padding_floats)
-            planner = DesiredPublisher(device_port, device_id)
-            agent = AgentProcess(device_id, PROFILE, workdir, device_port, telemetry_interval_s=10)
+            planner = DesiredPublisher(device_port, device_id, server.workdir / "tuf")
+            agent = AgentProcess(
+                device_id, PROFILE, workdir, device_port, telemetry_interval_s=10, server=server
+            )
             planner.publish(1, manifest)
             if wait_settled(device_dir, 1, 60) != "committed":
                 raise RuntimeError(f"agent did not commit the model:\n{agent.log_tail()}")
@@ -215,7 +217,10 @@ def footprint(workdir: Path, *, download_mb: int = 64, padding_floats: int = 1_5
             blob = os.urandom(download_mb * 2**20)
             digest = hashlib.sha256(blob).hexdigest()
             requests.put(
-                f"{server.url}/api/v1/artifacts/{digest}", data=blob, timeout=120
+                f"{server.url}/api/v1/artifacts/{digest}",
+                data=blob,
+                headers=server.headers,
+                timeout=120,
             ).raise_for_status()
             ref = FileRef(url=f"{server.url}/artifacts/{digest}", sha256=digest, size=len(blob))
             del blob

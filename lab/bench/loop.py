@@ -33,7 +33,6 @@ from edgeloop.lab.broker import start_broker
 from edgeloop.lab.emulation import CLASSES, DeviceClass, measure_on_class
 from edgeloop.lab.launch import AgentProcess, ServerProcess, wait_for_devices
 from edgeloop.loop import Candidate, CandidatePool, Loop, LoopResult, RoundRecord
-from edgeloop.server.client import ApiClient
 from edgeloop.server.schemas import LoopDecisionCreate
 
 LOOP_CLASSES: dict[str, DeviceClass] = {
@@ -264,9 +263,10 @@ def run_loop_bench(
                         probation_s=0.5,
                         telemetry_interval_s=5.0,
                         device_class=device_class,
+                        server=server,
                     )
                 )
-            client = ApiClient(server.url)
+            client = server.client()
             wait_for_devices(client, len(classes), processes)
             loop = Loop(
                 client,

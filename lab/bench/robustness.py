@@ -122,7 +122,9 @@ def campaign(
     result = Result()
     with control_plane(root) as (server, device_port):
         uploader = bad_models.Uploader(server.url)
-        planner = DesiredPublisher(device_port, DEVICE_ID)
+        # Uploads need the operator's token; Uploader takes none yet (lab/bad_models.py).
+        uploader._http.headers.update(server.headers)
+        planner = DesiredPublisher(device_port, DEVICE_ID, server.workdir / "tuf")
 
         def start_agent() -> AgentProcess:
             return AgentProcess(
@@ -133,6 +135,7 @@ def campaign(
                 inferences=20,
                 telemetry_interval_s=2,
                 probation_s=1.0,
+                server=server,
             )
 
         agent = start_agent()
@@ -182,7 +185,7 @@ def campaign(
                     agent = start_agent()
 
             console.print(f"[bold]REST: schemathesis, {rest_examples} examples per operation[/]")
-            rest_part(server.url, rest_examples, result)
+            rest_part(server.url, rest_examples, result, token=server.token)
         finally:
             if caller is not None:
                 caller.stop()
@@ -237,7 +240,7 @@ def mqtt_part(
     health = _health(server.url)
     result.server_dropped = dict(health.get("dropped") or {})
     result.mqtt_checks["server ingests real messages afterwards"] = _probe_server(
-        server.url, server_port
+        server, server_port
     )
 
 
@@ -268,7 +271,7 @@ def _wait_ingested(url: str, target: int, timeout_s: float) -> None:
         time.sleep(0.05)
 
 
-def _probe_server(url: str, port: int) -> str:
+def _probe_server(server: ServerProcess, port: int) -> str:
     """A real device's hello, report and telemetry reach the database after the flood."""
     from edgeloop.lab.bad_models import DEVICE
 
@@ -295,7 +298,9 @@ def _probe_server(url: str, port: int) -> str:
         deadline = time.monotonic() + 30
         detail = "no device"
         while time.monotonic() < deadline:
-            response = requests.get(f"{url}/api/v1/devices/{PROBE_ID}", timeout=5)
+            response = requests.get(
+                f"{server.url}/api/v1/devices/{PROBE_ID}", headers=server.headers, timeout=5
+            )
             if response.status_code == 200:
                 device = response.json()
                 report = device.get("latest_report") or {}
@@ -384,9 +389,10 @@ class Caller(threading.Thread):
 # --------------------------------------------------------------------------- REST
 
 
-def rest_part(url: str, examples: int, result: Result) -> None:
+def rest_part(url: str, examples: int, result: Result, *, token: str | None = None) -> None:
     """Schemathesis in a process of its own: no thread of the bench (the endpoint caller, MQTT
-    clients) shares its interpreter, and a fuzzer that runs out of memory ends only itself."""
+    clients) shares its interpreter, and a fuzzer that runs out of memory ends only itself.
+    ``token``: the operator's, so requests reach past authentication."""
     import multiprocessing
 
     from edgeloop.lab.fuzz_rest import fuzz_rest
@@ -395,7 +401,7 @@ def rest_part(url: str, examples: int, result: Result) -> None:
         outcome = pool.apply(
             fuzz_rest,
             (url,),
-            {"examples": examples, "known": {"device_id": [PROBE_ID, "fuzz-1"]}},
+            {"examples": examples, "known": {"device_id": [PROBE_ID, "fuzz-1"]}, "token": token},
         )
     result.rest_cases = outcome.cases
     result.rest_5xx = outcome.server_errors

@@ -67,14 +67,16 @@ def test_status_and_rollback_commands_work_with_and_without_a_running_agent(
     device_dir = tmp_path / "devices" / "cli-01"
     with MosquittoBroker(tmp_path / "server-broker") as server_broker:
         server = ServerProcess(tmp_path / "server", server_broker.port)
-        planner = DesiredPublisher(mosquitto.port, "cli-01")
+        planner = DesiredPublisher(mosquitto.port, "cli-01", server.workdir / "tuf")
         agent = None
         try:
             server.wait_ready()
             weights = np.random.default_rng(0).normal(size=(64, 10)).astype(np.float32)
             first = upload_version(server.url, "1", weights, 0)
             second = upload_version(server.url, "2", weights * 1.01, 0)
-            agent = AgentProcess("cli-01", PROFILE, tmp_path, mosquitto.port, probation_s=0.2)
+            agent = AgentProcess(
+                "cli-01", PROFILE, tmp_path, mosquitto.port, probation_s=0.2, server=server
+            )
             planner.publish(101, first)
             assert wait_settled(device_dir, 101, 60) == "committed", agent.log_tail()
             planner.publish(102, second)
@@ -144,8 +146,10 @@ def test_a_crash_right_after_each_state_is_persisted_resumes_to_a_consistent_end
             0,
             min_agreement=0.9,
         )
-        planner = DesiredPublisher(device_port, device_id)
-        agent = AgentProcess(device_id, PROFILE, tmp_path, device_port, probation_s=0.2)
+        planner = DesiredPublisher(device_port, device_id, server.workdir / "tuf")
+        agent = AgentProcess(
+            device_id, PROFILE, tmp_path, device_port, probation_s=0.2, server=server
+        )
         try:
             planner.publish(1, first)
             assert wait_settled(device_dir, 1, 60) == "committed", agent.log_tail()
@@ -157,6 +161,7 @@ def test_a_crash_right_after_each_state_is_persisted_resumes_to_a_consistent_end
                 device_port,
                 probation_s=0.2,
                 env={KILL_AT_ENV: killed_at},
+                server=server,
             )
             planner.publish(2, update)
             deadline = time.monotonic() + 60
@@ -165,7 +170,9 @@ def test_a_crash_right_after_each_state_is_persisted_resumes_to_a_consistent_end
             assert agent.process.returncode == -9, "the fault hook did not fire"
             assert check_state_file(device_dir) == (killed_at, None)
             agent.stop()
-            agent = AgentProcess(device_id, PROFILE, tmp_path, device_port, probation_s=0.2)
+            agent = AgentProcess(
+                device_id, PROFILE, tmp_path, device_port, probation_s=0.2, server=server
+            )
             assert wait_settled(device_dir, 2, 60) == expected, agent.log_tail()
             assert _check_serving(device_dir, device_id) is None
             assert check_device(device_dir, 2) == (expected, None)

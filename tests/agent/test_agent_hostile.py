@@ -30,6 +30,7 @@ import pytest
 from agent_models import (
     BASE_WEIGHTS,
     GOLDEN_INPUTS,
+    downloader,
     golden_npz,
     linear_model,
     memory_hog_model,
@@ -43,7 +44,6 @@ from edgeloop.agent.endpoint_client import InferenceClient
 from edgeloop.agent.host import ModelHost
 from edgeloop.agent.protocol import (
     Channel,
-    Desired,
     DeviceProfile,
     Gate,
     ModelManifest,
@@ -57,6 +57,7 @@ from edgeloop.agent.states import (
     FailedModel,
     Slot,
     SlotModel,
+    Update,
     failed_before,
     remember_failure,
     worth_remembering,
@@ -174,7 +175,7 @@ class Field:
         self.server = server
         self.device_port = device_port
         self.device_dir = root / "devices" / DEVICE
-        self.planner = DesiredPublisher(device_port, DEVICE)
+        self.planner = DesiredPublisher(device_port, DEVICE, server.workdir / "tuf")
         self.inbox = ReportInbox(device_port, DEVICE)
         self.agent: AgentProcess | None = None
         self.revision = 0
@@ -192,6 +193,7 @@ class Field:
             probation_s=0.2,
             telemetry_interval_s=60,
             device_class=device_class,
+            server=self.server,
         )
         return self.agent
 
@@ -544,14 +546,14 @@ def test_a_state_file_the_disk_refuses_at_start_keeps_the_committed_model_servin
     config = AgentConfig(
         device_id=DEVICE, workdir=field.device_dir, profile=OWN, inferences=5, probation_s=0.1
     )
-    first = Updater(config, ModelHost())
+    first = Updater(config, ModelHost(), http=downloader(field.server.url))
     first.start()
     v1 = publish(field.server.url, "1", linear_model(BASE_WEIGHTS))
-    first.apply(Desired(device_id=DEVICE, revision=1, model=v1.manifest, profile=OWN))
+    first.apply(Update(device_id=DEVICE, revision=1, model=v1.manifest, profile=OWN))
     assert first.record.state == Phase.COMMITTED
     weights = BASE_WEIGHTS * 1.01
     v2 = publish(field.server.url, "2", linear_model(weights), weights=weights)
-    desired = Desired(device_id=DEVICE, revision=2, model=v2.manifest, profile=OWN)
+    desired = Update(device_id=DEVICE, revision=2, model=v2.manifest, profile=OWN)
     # As a power cut right after "downloading" was persisted leaves it:
     first.store.save(
         first.record.enter(
@@ -566,7 +568,7 @@ def test_a_state_file_the_disk_refuses_at_start_keeps_the_committed_model_servin
     state_before = first.store.path.read_bytes()
     filler = fill_disk(field.device_dir)
 
-    restarted = Updater(config, ModelHost())
+    restarted = Updater(config, ModelHost(), http=downloader(field.server.url))
     restarted.start()  # cannot write the resume counter: must not raise
     assert restarted.host.model is not None and restarted.host.model.label == "linear:1"
     assert restarted.store.path.read_bytes() == state_before

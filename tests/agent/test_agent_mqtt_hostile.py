@@ -41,7 +41,7 @@ DESIRED = topic(DEVICE, Channel.DESIRED)
 
 def desired_with(path: list[str], literal: str) -> bytes:
     """A valid desired state with the field at ``path`` written as ``literal``."""
-    raw = json.loads(encode(Desired(device_id=DEVICE, revision=5, model=None, profile=PROFILE)))
+    raw = json.loads(encode(Desired(device_id=DEVICE, revision=5, target=None, profile=PROFILE)))
     parent = raw
     for step in path[:-1]:
         parent = parent[step]
@@ -87,13 +87,15 @@ def test_hostile_desired_payloads_are_counted_and_the_next_valid_state_is_applie
     device_broker, server_broker = brokers
     device_dir = tmp_path / "devices" / DEVICE
     server = ServerProcess(tmp_path / "server", server_broker.port)
-    planner = DesiredPublisher(device_broker.port, DEVICE)
+    planner = DesiredPublisher(device_broker.port, DEVICE, server.workdir / "tuf")
     agent = None
     try:
         server.wait_ready()
         weights = np.random.default_rng(0).normal(size=(64, 10)).astype(np.float32)
         manifest = upload_version(server.url, "1", weights, 0)
-        agent = AgentProcess(DEVICE, PROFILE, tmp_path, device_broker.port, probation_s=0.2)
+        agent = AgentProcess(
+            DEVICE, PROFILE, tmp_path, device_broker.port, probation_s=0.2, server=server
+        )
         wait_until(lambda: (agent_health(device_dir) or {}).get("mqtt_connected"), 60, "the agent")
 
         publish(device_broker.port, [(DESIRED, payload) for payload, _ in POISONS], "attacker")

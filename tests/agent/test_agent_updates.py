@@ -18,6 +18,7 @@ from agent_models import (
     GOLDEN_INPUTS,
     ROOMY,
     Published,
+    downloader,
     golden_npz,
     linear_model,
     publish,
@@ -25,13 +26,14 @@ from agent_models import (
 
 from edgeloop.agent.config import AgentConfig
 from edgeloop.agent.host import ModelHost
-from edgeloop.agent.protocol import Desired, DeviceProfile, Phase, Report, TensorSpec
+from edgeloop.agent.protocol import DeviceProfile, Phase, Report, TensorSpec
 from edgeloop.agent.states import (
     MAX_RESUMES,
     TRANSITIONS,
     Event,
     StateFileError,
     StateStore,
+    Update,
 )
 from edgeloop.agent.updater import Hooks, Updater
 from edgeloop.lab.broker import Broker
@@ -55,8 +57,9 @@ def control_plane(
 class Device:
     """An updater with its host, recording every report and state it goes through."""
 
-    def __init__(self, workdir: Path, profile: DeviceProfile = ROOMY) -> None:
+    def __init__(self, workdir: Path, server_url: str, profile: DeviceProfile = ROOMY) -> None:
         self.profile = profile
+        self.server_url = server_url
         self.reports: list[Report] = []
         self.states: list[Phase] = []
         self.config = AgentConfig(
@@ -73,13 +76,14 @@ class Device:
             self.config,
             self.host,
             Hooks(on_state=lambda r: self.states.append(r.state), on_report=self.reports.append),
+            http=downloader(server_url),
         )
         self.updater.start()
 
     def apply(self, published: Published, profile: DeviceProfile | None = None) -> Report:
         self.revision += 1
         self.updater.apply(
-            Desired(
+            Update(
                 device_id=DEVICE,
                 revision=self.revision,
                 model=published.manifest,
@@ -98,7 +102,7 @@ class Device:
 @pytest.fixture()
 def device(tmp_path: Path, control_plane: ServerProcess) -> Device:
     """A device already running linear:1, so every later failure has something to keep."""
-    unit = Device(tmp_path / "agent")
+    unit = Device(tmp_path / "agent", control_plane.url)
     report = unit.apply(publish(control_plane.url, "1", linear_model(BASE_WEIGHTS)))
     assert report.ok and report.phase == Phase.COMMITTED, report
     return unit
@@ -278,7 +282,7 @@ def test_operator_rollback_returns_to_the_previous_committed_model(
 def test_a_restarted_agent_serves_the_committed_model_from_its_slot(
     device: Device,
 ) -> None:
-    again = Device(device.config.workdir)
+    again = Device(device.config.workdir, device.server_url)
     assert again.serving() == "linear:1"
     assert again.updater.record.state == Phase.COMMITTED
     assert len(again.reports) == 0, "a settled update is not reported twice"
@@ -293,7 +297,7 @@ def test_an_update_that_keeps_killing_the_agent_is_abandoned(
         update={"resumes": MAX_RESUMES, "candidate": record.committed, "desired": record.desired}
     )
     store.save(stuck)
-    again = Device(device.config.workdir)
+    again = Device(device.config.workdir, device.server_url)
     assert again.updater.record.state == Phase.FAILED
     assert again.reports[-1].gate == "restarts"
     assert again.serving() == "linear:1"
@@ -327,7 +331,7 @@ def test_a_state_file_of_the_previous_schema_is_read_with_no_failed_models(
     data = json.loads(path.read_text())
     del data["failed"]
     path.write_text(json.dumps({**data, "schema_version": 1}))
-    again = Device(device.config.workdir)
+    again = Device(device.config.workdir, device.server_url)
     assert again.updater.record.failed == []
     assert again.serving() == "linear:1"
 

@@ -1,10 +1,11 @@
 """The wire contract: every message round-trips; anything else is refused with a reason.
 
-``data/protocol-v1/`` holds a frozen copy of protocol version 1 as it was before receivers
-learned to ignore unknown fields: one message of each kind, written once by ``encode()`` with a
-fixed ``sent_at``, and ``schema.json``, the JSON Schema those receivers enforce
-(``TypeAdapter(Message).json_schema()``). Never regenerate them from the current code: they are
-what the deployed fleet speaks.
+``data/protocol-v2/`` holds a frozen copy of protocol version 2 as it was released: one message
+of each kind, written once by ``encode()`` with a fixed ``sent_at``, and ``schema.json``, the
+JSON Schema strict receivers enforce (``TypeAdapter(Message).json_schema()``). Never
+regenerate them from the current code: they are what the deployed fleet speaks.
+``data/protocol-v1/`` is version 1, whose desired state carried the manifest itself over MQTT;
+it is refused by version, never half-understood.
 """
 
 from __future__ import annotations
@@ -33,8 +34,10 @@ from edgeloop.agent.protocol import (
     ModelManifest,
     Phase,
     ProtocolError,
+    Refusal,
     Report,
     Status,
+    TargetRef,
     Telemetry,
     TensorSpec,
     decode,
@@ -44,6 +47,7 @@ from edgeloop.agent.protocol import (
     topic,
     unknown_fields,
 )
+from edgeloop.agent.releases import RELEASE_KEY, SignedRelease, release_custom
 
 SHA = "a" * 64
 PROFILE = DeviceProfile(name="pi4", cpu_threads=4, memory_budget_mb=512, latency_budget_ms=5)
@@ -66,7 +70,12 @@ EXAMPLES = {
         platform={"arch": "aarch64", "cores": 4},
     ),
     Channel.STATUS: Status(device_id="pi-1", online=True, phase=Phase.DOWNLOADING, revision=3),
-    Channel.DESIRED: Desired(device_id="pi-1", revision=3, model=MANIFEST, profile=PROFILE),
+    Channel.DESIRED: Desired(
+        device_id="pi-1",
+        revision=3,
+        target=TargetRef(path="models/digits-cnn/1-int8", sequence=7),
+        profile=PROFILE,
+    ),
     Channel.REPORT: Report(
         device_id="pi-1",
         revision=3,
@@ -100,7 +109,7 @@ def test_every_message_type_round_trips_on_its_topic(channel: Channel) -> None:
 
 
 def test_desired_without_a_model_means_run_nothing() -> None:
-    desired = Desired(device_id="pi-1", revision=4, model=None, profile=PROFILE)
+    desired = Desired(device_id="pi-1", revision=4, target=None, profile=PROFILE)
     assert decode(encode(desired)) == desired
 
 
@@ -113,9 +122,9 @@ def test_topics_are_versioned_and_parse_back() -> None:
 @pytest.mark.parametrize(
     ("name", "reason"),
     [
-        ("edgeloop/v1/devices/pi-1/bogus", "unknown channel 'bogus'"),
-        ("edgeloop/v2/devices/pi-1/hello", "is not edgeloop/v1/devices/<device_id>/<channel>"),
-        ("edgeloop/v1/devices/pi-1", "is not edgeloop/v1/devices/<device_id>/<channel>"),
+        ("edgeloop/v2/devices/pi-1/bogus", "unknown channel 'bogus'"),
+        ("edgeloop/v1/devices/pi-1/hello", "is not edgeloop/v2/devices/<device_id>/<channel>"),
+        ("edgeloop/v2/devices/pi-1", "is not edgeloop/v2/devices/<device_id>/<channel>"),
     ],
 )
 def test_foreign_topics_are_refused(name: str, reason: str) -> None:
@@ -135,7 +144,7 @@ def _payload(channel: Channel, **changes: object) -> bytes:
         (b"\xff\xfe not json", "not JSON"),
         (b"[1, 2]", "must be a JSON object"),
         (b'{"type": "hello"}', "protocol version None is not supported"),
-        (_payload(Channel.HELLO, protocol=2), "protocol version 2 is not supported"),
+        (_payload(Channel.HELLO, protocol=3), "protocol version 3 is not supported"),
         (_payload(Channel.HELLO, type="reboot"), "invalid 'reboot' message"),
         (_payload(Channel.REPORT, artifact_sha256="not-a-hash"), "artifact_sha256"),
         (_payload(Channel.STATUS, phase="exploding"), "phase"),
@@ -151,9 +160,10 @@ def test_malformed_payloads_give_a_validation_error_naming_the_problem(
         decode(payload)
 
 
-def _desired_with_manifest(**changes: object) -> bytes:
-    raw = json.loads(encode(EXAMPLES[Channel.DESIRED]))
-    raw["model"].update(changes)
+def _release_with_manifest(**changes: object) -> bytes:
+    """A signed release's custom data (what a device validates a target's manifest by)."""
+    raw = release_custom(3, MANIFEST)[RELEASE_KEY]
+    raw["manifest"] = {**json.loads(raw["manifest"]), **changes}
     return json.dumps(raw).encode()
 
 
@@ -164,20 +174,38 @@ def _tensor(**changes: object) -> list[dict[str, object]]:
 @pytest.mark.parametrize(
     ("payload", "reason"),
     [
-        (_desired_with_manifest(name="../etc/passwd"), r"model\.name: String should match"),
-        (_desired_with_manifest(version="1 int8"), r"model\.version: String should match"),
-        (_desired_with_manifest(inputs=_tensor(name="")), r"inputs\.0\.name"),
-        (_desired_with_manifest(inputs=_tensor(dtype="float33")), r"inputs\.0\.dtype"),
-        (_desired_with_manifest(outputs=_tensor(shape=[-1])), r"outputs\.0\.shape\.0"),
-        (_desired_with_manifest(inputs=_tensor(shape=['b"; rm'])), r"inputs\.0\.shape\.0"),
-        (_desired_with_manifest(inputs=_tensor(shape=[1] * 33)), r"at most 32 items"),
+        (_release_with_manifest(name="../etc/passwd"), r"manifest\.name\n  String should match"),
+        (_release_with_manifest(version="1 int8"), r"manifest\.version\n  String should match"),
+        (_release_with_manifest(inputs=_tensor(name="")), r"inputs\.0\.name"),
+        (_release_with_manifest(inputs=_tensor(dtype="float33")), r"inputs\.0\.dtype"),
+        (_release_with_manifest(outputs=_tensor(shape=[-1])), r"outputs\.0\.shape\.0"),
+        (_release_with_manifest(inputs=_tensor(shape=['b"; rm'])), r"inputs\.0\.shape\.0"),
+        (_release_with_manifest(inputs=_tensor(shape=[1] * 33)), r"at most 32 items"),
     ],
 )
 def test_a_manifest_outside_its_bounds_is_refused_naming_the_field(
     payload: bytes, reason: str
 ) -> None:
-    with pytest.raises(ProtocolError, match=reason):
-        decode(payload, topic("pi-1", Channel.DESIRED))
+    with pytest.raises(ValidationError, match=reason):
+        SignedRelease.model_validate_json(payload)
+
+
+@pytest.mark.parametrize(
+    "path", ["models/../../etc/passwd", "models/a/b/c", "/models/a/1", "models/a", "other/a/1"]
+)
+def test_a_desired_state_names_only_a_target_inside_models(path: str) -> None:
+    raw = json.loads(encode(EXAMPLES[Channel.DESIRED]))
+    raw["target"]["path"] = path
+    with pytest.raises(ProtocolError, match=r"target\.path"):
+        decode(json.dumps(raw).encode(), topic("pi-1", Channel.DESIRED))
+
+
+def test_a_desired_state_carries_no_manifest_of_its_own() -> None:
+    raw = json.loads(encode(EXAMPLES[Channel.DESIRED]))
+    assert set(raw) == {"protocol", "device_id", "sent_at", "type", "revision", "target", "profile"}
+    raw["model"] = json.loads(release_custom(3, MANIFEST)[RELEASE_KEY]["manifest"])
+    desired = decode(json.dumps(raw).encode(), topic("pi-1", Channel.DESIRED))
+    assert not hasattr(desired, "model"), "a manifest sent over MQTT is dropped, never used"
 
 
 @pytest.mark.parametrize("dtype", ONNX_DTYPES)
@@ -185,7 +213,9 @@ def test_every_onnx_dtype_and_symbolic_dimension_the_exporters_write_is_accepted
     dtype: str,
 ) -> None:
     shape = ["batch", "?", "s0", "floor(s0/2) + 1", "sequence_length", 0, 3]
-    assert decode(_desired_with_manifest(inputs=_tensor(dtype=dtype, shape=shape)))
+    assert SignedRelease.model_validate_json(
+        _release_with_manifest(inputs=_tensor(dtype=dtype, shape=shape))
+    )
 
 
 def test_numbers_built_in_code_are_finite_too() -> None:
@@ -213,9 +243,15 @@ def test_a_device_cannot_speak_for_another_device() -> None:
 
 def test_every_example_in_the_protocol_document_is_accepted() -> None:
     text = (Path(__file__).resolve().parents[2] / "docs" / "protocol.md").read_text()
-    examples = re.findall(r"```json\n(.*?)\n```", text, re.S)
-    types = {decode(block).type for block in examples}
-    assert types == {channel.value for channel in Channel}
+    examples = [json.loads(b) for b in re.findall(r"```json\n(.*?)\n```", text, re.S)]
+    messages = [example for example in examples if "type" in example]
+    assert {decode(json.dumps(message)).type for message in messages} == {
+        channel.value for channel in Channel
+    }
+    manifests = [example for example in examples if "type" not in example]
+    assert [ModelManifest.model_validate(manifest).name for manifest in manifests] == [
+        "digits-cnn"
+    ], "the signed manifest's example"
 
 
 def test_the_protocol_document_lists_every_gate() -> None:
@@ -227,12 +263,25 @@ def test_the_protocol_document_lists_every_gate() -> None:
 # --------------------------------------------------------------------------- evolution
 
 FROZEN_V1 = Path(__file__).parent / "data" / "protocol-v1"
-FROZEN_MESSAGES = sorted(p for p in FROZEN_V1.glob("*.json") if p.name != "schema.json")
-FROZEN_SCHEMA = Draft202012Validator(json.loads((FROZEN_V1 / "schema.json").read_text()))
+FROZEN_V2 = Path(__file__).parent / "data" / "protocol-v2"
+FROZEN_MESSAGES = sorted(p for p in FROZEN_V2.glob("*.json") if p.name != "schema.json")
+FROZEN_SCHEMA = Draft202012Validator(json.loads((FROZEN_V2 / "schema.json").read_text()))
 
 
 def _frozen(name: str) -> dict:
-    return json.loads((FROZEN_V1 / f"{name}.json").read_text())
+    return json.loads((FROZEN_V2 / f"{name}.json").read_text())
+
+
+@pytest.mark.parametrize(
+    "path",
+    sorted(p for p in FROZEN_V1.glob("*.json") if p.name != "schema.json"),
+    ids=lambda p: p.stem,
+)
+def test_every_version_1_message_is_refused_by_its_version(path: Path) -> None:
+    """Version 1 carried whole manifests in desired states, which a device then believed."""
+    with pytest.raises(ProtocolError, match=r"protocol version 1 is not supported") as refused:
+        decode(path.read_bytes())
+    assert refused.value.reason is Refusal.UNSUPPORTED_VERSION
 
 
 def _fits_frozen_schema(payload: bytes) -> list[str]:
@@ -241,7 +290,7 @@ def _fits_frozen_schema(payload: bytes) -> list[str]:
 
 def test_the_frozen_v1_set_has_a_message_of_every_type() -> None:
     assert {_frozen(p.stem)["type"] for p in FROZEN_MESSAGES} == {c.value for c in Channel}
-    assert _frozen("desired-model-null")["model"] is None
+    assert _frozen("desired-target-null")["target"] is None
     assert (_frozen("report-ok")["ok"], _frozen("report-refused")["ok"]) == (True, False)
 
 
@@ -295,8 +344,7 @@ def test_unknown_fields_are_dropped_and_counted_at_every_level(
     newer = _frozen("desired")
     newer["rollout_wave"] = 2
     newer["profile"]["npu_tops"] = 4.0
-    newer["model"]["artifact"]["mirrors"] = ["http://cache/a"]
-    newer["model"]["inputs"][0]["layout"] = "NCHW"
+    newer["target"]["mirror"] = "http://cache/a"
     before = unknown_fields.copy()
 
     with caplog.at_level(logging.DEBUG, logger="edgeloop.agent.protocol"):
@@ -306,8 +354,7 @@ def test_unknown_fields_are_dropped_and_counted_at_every_level(
     assert unknown_fields - before == {
         "Desired.rollout_wave": 1,
         "DeviceProfile.npu_tops": 1,
-        "FileRef.mirrors": 1,
-        "TensorSpec.layout": 1,
+        "TargetRef.mirror": 1,
     }
     assert "Desired.rollout_wave" in caplog.text
 
@@ -339,11 +386,11 @@ def test_models_built_in_code_or_from_local_files_still_refuse_unknown_fields() 
 
 
 def test_a_message_of_a_newer_major_version_is_refused_naming_the_versions_spoken() -> None:
-    newer = {**_frozen("hello"), "protocol": 2, "accelerators": ["npu"]}
+    newer = {**_frozen("hello"), "protocol": 3, "accelerators": ["npu"]}
     spoken = ", ".join(str(v) for v in SUPPORTED_VERSIONS)
     with pytest.raises(
         ProtocolError,
-        match=rf"protocol version 2 is not supported \(this side speaks {spoken}\)",
+        match=rf"protocol version 3 is not supported \(this side speaks {spoken}\)",
     ):
         decode(json.dumps(newer))
 

@@ -26,6 +26,7 @@ from edgeloop.agent.protocol import (
     ONNX_DTYPES,
     SHA256_PATTERN,
     SYMBOLIC_DIM_PATTERN,
+    TARGET_PATH_PATTERN,
     VERSION_PATTERN,
     Channel,
     Desired,
@@ -41,12 +42,14 @@ from edgeloop.agent.protocol import (
     Refusal,
     Report,
     Status,
+    TargetRef,
     Telemetry,
     TensorSpec,
     decode,
     encode,
     topic,
 )
+from edgeloop.agent.releases import RELEASE_KEY, SignedRelease, release_custom
 
 FUZZ = settings(
     # A longer campaign: EDGELOOP_FUZZ_EXAMPLES=20000.
@@ -108,6 +111,11 @@ manifests = st.builds(
     agreement_metric=st.sampled_from(["argmax", "cosine"]),
     min_agreement=fraction,
 )
+targets = st.builds(
+    TargetRef,
+    path=st.from_regex(TARGET_PATH_PATTERN, fullmatch=True),
+    sequence=st.integers(min_value=1, max_value=2**63 - 1),
+)
 latencies = st.builds(
     LatencyStats,
     n=st.integers(min_value=1, max_value=2**63 - 1),
@@ -149,7 +157,7 @@ messages = st.one_of(
         device_id=device_ids,
         sent_at=sent_at,
         revision=COUNT,
-        model=st.none() | manifests,
+        target=st.none() | targets,
         profile=profiles,
     ),
     st.builds(
@@ -229,6 +237,19 @@ def decoded_or_refused(payload: bytes | str, topic_name: str | None = None) -> o
 @given(messages)
 def test_every_message_type_round_trips_on_its_topic(message: Any) -> None:
     assert decode(encode(message), _topic_of(message)) == message
+
+
+@FUZZ
+@given(st.integers(min_value=1, max_value=2**63 - 1), manifests)
+def test_every_signed_release_round_trips_through_its_custom_data(
+    sequence: int, manifest: ModelManifest
+) -> None:
+    """What the server signs into a target is what the device reads back, floats included
+    (canonical JSON has none: the manifest travels as text)."""
+    custom = json.loads(json.dumps(release_custom(sequence, manifest)))
+    assert SignedRelease.model_validate(custom[RELEASE_KEY]) == SignedRelease(
+        sequence=sequence, manifest=manifest
+    )
 
 
 @FUZZ

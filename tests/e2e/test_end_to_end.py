@@ -14,7 +14,6 @@ from edgeloop.agent.protocol import Channel, DeviceProfile, Phase, topic
 from edgeloop.cli.compress import model_card
 from edgeloop.lab.broker import Broker
 from edgeloop.lab.launch import AgentProcess, ServerProcess
-from edgeloop.server.client import ApiClient
 from edgeloop.server.schemas import FleetEntry
 
 pytestmark = pytest.mark.slow
@@ -33,10 +32,14 @@ def test_two_devices_run_the_models_the_server_published_for_their_profiles(
     tmp_path: Path, mosquitto: Broker, server: ServerProcess, digits_models: list
 ) -> None:
     agents = [
-        AgentProcess("roomy-01", ROOMY, tmp_path, mosquitto.port, telemetry_interval_s=1),
-        AgentProcess("tight-01", TIGHT, tmp_path, mosquitto.port, telemetry_interval_s=1),
+        AgentProcess(
+            "roomy-01", ROOMY, tmp_path, mosquitto.port, telemetry_interval_s=1, server=server
+        ),
+        AgentProcess(
+            "tight-01", TIGHT, tmp_path, mosquitto.port, telemetry_interval_s=1, server=server
+        ),
     ]
-    client = ApiClient(server.url)
+    client = server.client()
     try:
         wait_until(lambda: len(client.fleet()) == 2, 30, "both agents to say hello")
         published = {}
@@ -83,7 +86,7 @@ def test_two_devices_run_the_models_the_server_published_for_their_profiles(
         time.sleep(1.5)
         assert server.alive() and all(a.alive() for a in agents)
         assert (
-            "dropped message on edgeloop/v1/devices/roomy-01/hello" in server.log_path.read_text()
+            "dropped message on edgeloop/v2/devices/roomy-01/hello" in server.log_path.read_text()
         )
         assert "protocol version 99 is not supported" in agents[0].log_path.read_text()
 

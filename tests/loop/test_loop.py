@@ -19,7 +19,6 @@ from edgeloop.lab.emulation import DeviceClass
 from edgeloop.lab.launch import AgentProcess, ServerProcess, wait_for_devices
 from edgeloop.loop import Candidate, CandidatePool, ClassState, Loop, Measured, decide
 from edgeloop.loop.costmodel import HostMeasurement, ModelFeatures, Prediction
-from edgeloop.server.client import ApiClient
 
 PROFILE = DeviceProfile(name="pi", cpu_threads=1, memory_budget_mb=200, latency_budget_ms=2.0)
 
@@ -161,10 +160,11 @@ def test_the_loop_converges_on_emulated_classes_and_stops_where_nothing_fits(
             inferences=50,
             probation_s=0.3,
             device_class=device_class,
+            server=control_plane,
         )
         for name, device_class in classes.items()
     ]
-    client = ApiClient(control_plane.url)
+    client = control_plane.client()
     try:
         wait_for_devices(client, 3, agents)
         loop = Loop(client, "digits", list(profiles.values()), pool, max_rounds=4)
@@ -202,17 +202,14 @@ def test_the_loop_converges_on_emulated_classes_and_stops_where_nothing_fits(
     rollouts = client.rollouts(limit=100).items
     assert len(rollouts) == len(deploys)
 
-    history = run_command(
-        "edgeloop.cli.main", "loop", "history", "--server", control_plane.url, "--json"
-    )
+    server = control_plane.cli_args
+    history = run_command("edgeloop.cli.main", "loop", "history", *server, "--json")
     rows = json.loads(history.stdout)
     assert [r["action"] for r in rows][-1] == "stop"
     assert {r["profile"] for r in rows} >= {"roomy", "small", "tiny"}
-    table = run_command("edgeloop.cli.main", "loop", "history", "--server", control_plane.url)
+    table = run_command("edgeloop.cli.main", "loop", "history", *server)
     assert "loop history" in table.stdout and "unreachable" in table.stdout
-    calibrations = run_command(
-        "edgeloop.cli.main", "loop", "calibrations", "--server", control_plane.url, "--json"
-    )
+    calibrations = run_command("edgeloop.cli.main", "loop", "calibrations", *server, "--json")
     assert {c["profile"] for c in json.loads(calibrations.stdout)} >= {"roomy"}
 
 
@@ -221,7 +218,7 @@ def test_a_new_loop_starts_from_the_calibration_the_server_kept(
 ) -> None:
     from edgeloop.loop.costmodel import Calibration
 
-    client = ApiClient(control_plane.url)
+    client = control_plane.client()
     client.put_calibration("pi", Calibration("pi", threads=1, class_scale=2.5).to_json(), 1)
     client.put_calibration("elsewhere", Calibration("elsewhere", 1, 9.0).to_json(), 1)
     stale_threads = PROFILE.model_copy(update={"name": "pi2", "cpu_threads": 2})

@@ -18,7 +18,7 @@ from typing import Any
 import jsonschema
 import pytest
 import requests
-from helpers import JETSON, PI, publish, wait_until
+from helpers import JETSON, PI, publish, signing_repository, wait_until
 
 from edgeloop.agent.protocol import (
     Channel,
@@ -62,6 +62,7 @@ def openapi(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
         database_url=f"sqlite:///{workdir / 'edgeloop.db'}",
         artifact_dir=workdir / "artifacts",
         public_url="http://127.0.0.1:8000",
+        tuf_dir=signing_repository(workdir),
     )
     return create_app(settings, with_mqtt=False).openapi()
 
@@ -151,6 +152,7 @@ class LiveFleet:
             "rollout_id": [self.rollout_id],
             "profile": ["pi"],
             "sha256": [self.sha256],
+            "file": ["timestamp.json"],
         }
 
     def path(self, template: str) -> str:
@@ -192,10 +194,12 @@ REPORTS = [
 def live_fleet(workdir: Path, mosquitto: Broker, database_url: str | None) -> Iterator[LiveFleet]:
     """A control plane process with something behind every GET (``database_url`` None: its
     own SQLite file)."""
-    server = ServerProcess(workdir / "server", mosquitto.port, database_url=database_url)
+    server = ServerProcess(
+        workdir / "server", mosquitto.port, database_url=database_url, anonymous_downloads=False
+    )
     try:
         server.wait_ready()
-        client = ApiClient(server.url)
+        client = server.client()
         files = []
         for name in ("model.onnx", "golden.npz"):
             files.append(workdir / name)
@@ -267,7 +271,7 @@ def test_every_get_answers_what_the_openapi_document_says(fleet: LiveFleet) -> N
     for method, path, operation in operations(document):
         if method != "GET":
             continue
-        response = requests.get(fleet.server.url + fleet.path(path), timeout=5)
+        response = fleet.server.http.get(fleet.server.url + fleet.path(path), timeout=5)
         assert response.status_code == 200, (path, response.text)
         (media_type,) = operation["responses"]["200"]["content"]
         assert response.headers["content-type"].startswith(media_type), path
@@ -299,7 +303,7 @@ def test_a_class_reports_on_a_model_are_one_request_each_device_once_newest_firs
     }
     refused = fleet.client.device_reports("pi-0", limit=1)[0]
     assert refused.gate == Gate.LATENCY and refused.phase == Phase.ROLLED_BACK
-    page = requests.get(
+    page = fleet.server.http.get(
         f"{fleet.server.url}/api/v1/reports", params={"limit": 1, "offset": 1}, timeout=5
     ).json()
     assert page["total"] == len(REPORTS) and page["items"][0]["sent_at"].startswith(
@@ -311,7 +315,7 @@ def test_the_loop_measures_each_class_with_one_request_per_round(fleet: LiveFlee
     from edgeloop.loop import Candidate, CandidatePool, Loop
     from edgeloop.loop.costmodel import HostMeasurement, ModelFeatures
 
-    client = ApiClient(fleet.server.url)
+    client = fleet.server.client()
     requests_made: list[str] = []
     client.http.hooks["response"].append(
         lambda response, **_: requests_made.append(response.request.path_url)
@@ -360,13 +364,19 @@ def test_no_request_gets_an_answer_outside_the_document_or_a_server_error(
 ) -> None:
     """Every operation, every check: no 5xx; only documented statuses, bodies, content types
     and headers; schema-valid requests accepted (or refused for the fleet's state: 404, 409)
-    and schema-invalid ones refused."""
+    and schema-invalid ones refused; each operation refuses a request without the operator's
+    token, or with a made-up one."""
     pytest.importorskip("schemathesis")
     from edgeloop.lab.fuzz_rest import fuzz_rest
 
     document = requests.get(f"{fuzzed_fleet.server.url}/openapi.json", timeout=5).json()
     documented = sum(len(methods) for methods in document["paths"].values())
-    report = fuzz_rest(fuzzed_fleet.server.url, examples=FUZZ_EXAMPLES, known=fuzzed_fleet.known())
+    report = fuzz_rest(
+        fuzzed_fleet.server.url,
+        examples=FUZZ_EXAMPLES,
+        known=fuzzed_fleet.known(),
+        token=fuzzed_fleet.server.token,
+    )
     assert not report.errors, report.summary()
     assert report.operations == documented, report.summary()
     assert report.cases >= documented * FUZZ_EXAMPLES, report.summary()

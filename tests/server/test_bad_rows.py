@@ -13,15 +13,12 @@ import sqlite3
 from pathlib import Path
 
 import numpy as np
-import requests
-from helpers import PI, publish, wait_until
+from helpers import PI, publish, register, wait_until
 
 from edgeloop.agent.protocol import Channel, Hello, ModelManifest, encode, topic
 from edgeloop.lab.broker import Broker
 from edgeloop.lab.faults import upload_version
 from edgeloop.lab.launch import ServerProcess
-from edgeloop.server.client import ApiClient
-from edgeloop.server.schemas import ModelCreate, ModelFigures
 
 BAD_FIGURES = {
     "high": '{"accuracy": "high", "size_bytes": 1000}',
@@ -33,17 +30,7 @@ BAD_FIGURES = {
 
 def register_good(server: ServerProcess) -> ModelManifest:
     manifest = upload_version(server.url, "good", np.eye(64, 10, dtype=np.float32), 0)
-    ApiClient(server.url).register_model(
-        ModelCreate(
-            name=manifest.name,
-            version=manifest.version,
-            artifact_sha256=manifest.artifact.sha256,
-            golden_sha256=manifest.golden.sha256,
-            inputs=manifest.inputs,
-            outputs=manifest.outputs,
-            report=ModelFigures(accuracy=0.8, size_bytes=manifest.artifact.size),
-        )
-    )
+    register(server.client(), manifest, 0.8, plan=True)
     return manifest
 
 
@@ -70,7 +57,7 @@ def hello(broker: Broker, device_id: str, agent_version: str = "t") -> None:
 
 
 def device(server: ServerProcess, device_id: str) -> dict | None:
-    response = requests.get(f"{server.url}/api/v1/devices/{device_id}", timeout=5)
+    response = server.http.get(f"{server.url}/api/v1/devices/{device_id}", timeout=5)
     return response.json() if response.status_code == 200 else None
 
 
@@ -91,7 +78,7 @@ def test_versions_stored_with_bad_figures_or_io_are_skipped_and_the_fleet_goes_o
     )
     skipped = [f"linear:{v}" for v in (*BAD_FIGURES, "io")]
 
-    planned = requests.post(f"{server.url}/api/v1/fleet/plan", timeout=10)
+    planned = server.http.post(f"{server.url}/api/v1/fleet/plan", timeout=10)
     assert planned.status_code == 200, planned.text
     (entry,) = planned.json()
     assert entry["desired_model"] == "linear:good" and entry["desired_revision"] == 1
@@ -104,7 +91,7 @@ def test_versions_stored_with_bad_figures_or_io_are_skipped_and_the_fleet_goes_o
     assert newcomer["desired"]["model"] == "linear:good"
 
     for path in ("/api/v1/fleet", "/api/v1/devices", "/api/v1/devices/dev-b"):
-        response = requests.get(server.url + path, timeout=10)
+        response = server.http.get(server.url + path, timeout=10)
         assert response.status_code == 200, (path, response.text)
     log = server.log_path.read_text()
     assert (
@@ -126,12 +113,12 @@ def test_when_the_row_of_the_model_devices_run_goes_bad_they_keep_it_and_hellos_
         db.execute("UPDATE model_versions SET report = ?", (BAD_FIGURES["high"],))
     db.close()
 
-    listed = requests.get(f"{server.url}/api/v1/fleet", timeout=10)
+    listed = server.http.get(f"{server.url}/api/v1/fleet", timeout=10)
     assert listed.status_code == 200, listed.text
     (entry,) = listed.json()
     assert entry["desired_model"] == "linear:good" and entry["model_report"] is None
 
-    planned = requests.post(f"{server.url}/api/v1/fleet/plan", timeout=10)
+    planned = server.http.post(f"{server.url}/api/v1/fleet/plan", timeout=10)
     assert planned.status_code == 200, planned.text
     (entry,) = planned.json()
     assert (entry["desired_model"], entry["desired_revision"]) == ("linear:good", 1), (
@@ -173,6 +160,6 @@ def test_the_model_listing_route_answers_despite_a_version_stored_with_bad_figur
     good = register_good(server)
     for version, report in BAD_FIGURES.items():
         store_by_hand(tmp_path / "edgeloop.db", good, version, report)
-    listed = requests.get(f"{server.url}/api/v1/models", timeout=10)
+    listed = server.http.get(f"{server.url}/api/v1/models", timeout=10)
     assert listed.status_code == 200, listed.text
     assert [m["label"] for m in listed.json()["items"]] == ["linear:good"]

@@ -49,6 +49,7 @@ def test_a_database_made_before_migrations_is_stamped_not_recreated(tmp_path: Pa
     Base.metadata.create_all(old, tables=[Base.metadata.tables[name] for name in before])
     with old.begin() as connection:
         connection.execute(text("ALTER TABLE devices DROP COLUMN protocol"))  # came with 0003
+        connection.execute(text("ALTER TABLE devices DROP COLUMN revoked_at"))  # came with 0005
         connection.execute(INSERT_ARTIFACT)
     old.dispose()
     engine = make_engine(url)

@@ -36,7 +36,6 @@ from edgeloop.agent.protocol import (
 )
 from edgeloop.lab.broker import MosquittoBroker, find_mosquitto
 from edgeloop.lab.launch import ServerProcess
-from edgeloop.server.client import ApiClient
 
 pytestmark = pytest.mark.skipif(find_mosquitto() is None, reason="mosquitto is not installed")
 
@@ -95,7 +94,7 @@ POISONS: list[tuple[str, bytes, Refusal]] = [
     (on(Channel.REPORT), b" " * (MAX_MESSAGE_BYTES + 1), Refusal.TOO_LARGE),
     (on(Channel.HELLO), b"\xff\xfe{}", Refusal.NOT_JSON),
     (on(Channel.HELLO), encode(report()), Refusal.WRONG_TOPIC),
-    (on(Channel.HELLO), with_literal(hello(), ["protocol"], "2"), Refusal.UNSUPPORTED_VERSION),
+    (on(Channel.HELLO), with_literal(hello(), ["protocol"], "3"), Refusal.UNSUPPORTED_VERSION),
 ]
 
 
@@ -158,7 +157,7 @@ def test_poison_on_every_inbound_topic_is_dropped_by_reason_and_ingestion_goes_o
 ) -> None:
     server = started(tmp_path / "server", broker.port)
     try:
-        api = ApiClient(server.url)
+        api = server.client()
         publish(broker.port, [(name, payload) for name, payload, _ in POISONS], "attacker")
         before_real = datetime.now(UTC)
         publish(
@@ -199,7 +198,7 @@ def test_poison_queued_on_the_persistent_session_is_dropped_once_and_never_redel
 
     server = started(workdir, broker.port)
     try:
-        api = ApiClient(server.url)
+        api = server.client()
         publish(broker.port, [(on(Channel.HELLO), encode(hello()))], "device")
         wait_until(lambda: api.devices(), 30, "the device's hello to be stored")
         assert api.health().dropped == expected_drops(POISONS)
@@ -208,7 +207,7 @@ def test_poison_queued_on_the_persistent_session_is_dropped_once_and_never_redel
 
     server = started(workdir, broker.port)
     try:
-        api = ApiClient(server.url)
+        api = server.client()
         # The broker sends a session's queued messages before new ones: once this one is
         # stored, any poison redelivered would have been handled (and counted) before it.
         publish(broker.port, [(on(Channel.TELEMETRY), encode(telemetry(seq=7)))], "device")
@@ -240,7 +239,7 @@ def test_a_restarted_broker_gets_every_retained_desired_state_back_without_a_rol
                 60,
                 "the server to put known-01's desired state back on the new broker",
             )
-            assert (after.revision, after.model) == (before.revision, before.model)
+            assert (after.revision, after.target) == (before.revision, before.target)
         finally:
             second.stop()
     finally:
@@ -258,7 +257,7 @@ def test_a_message_the_database_refuses_is_counted_as_store_failed_and_ingestion
     )
     try:
         server.wait_ready()
-        api = ApiClient(server.url)
+        api = server.client()
         unstorable = Hello(device_id=DEVICE, agent_version="0.1\x00", profile=PI)
         publish(broker.port, [(on(Channel.HELLO), encode(unstorable))], "attacker")
         publish(broker.port, [(on(Channel.HELLO), encode(hello()))], "device")

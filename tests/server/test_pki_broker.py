@@ -11,24 +11,21 @@ the forbidden ones would have arrived before it.
 from __future__ import annotations
 
 import json
-import queue
 import re
-import socket
 import stat
-import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from ipaddress import ip_address
 from pathlib import Path
 
-import paho.mqtt.client as mqtt
 import pytest
 from cryptography import x509
 from helpers import run_command, wait_until
 
 from edgeloop.agent.protocol import Channel, topic
 from edgeloop.cli.ca import DEFAULT_CA_DIR
-from edgeloop.lab.broker import MOSQUITTO_TLS_CONF, MosquittoBroker, TlsListener, find_mosquitto
+from edgeloop.lab.acl import connected, connects, publish_once, violations
+from edgeloop.lab.broker import MOSQUITTO_TLS_CONF, MosquittoBroker, find_mosquitto, listener_for
 from edgeloop.server.pki import (
     SERVER_COMMON_NAME,
     CaDir,
@@ -64,136 +61,11 @@ def ca(tmp_path: Path) -> CaDir:
     return ca
 
 
-def listener_for(ca: CaDir) -> TlsListener:
-    return TlsListener(
-        cafile=ca.cert,
-        certfile=ca.issued_cert(SERVER_COMMON_NAME),
-        keyfile=ca.issued_key(SERVER_COMMON_NAME),
-        crlfile=ca.crl,
-        acl_file=SHIPPED_ACL,
-    )
-
-
 @pytest.fixture()
 def broker(tmp_path: Path, ca: CaDir) -> Iterator[MosquittoBroker]:
     require_mosquitto()
     with MosquittoBroker(tmp_path / "mosquitto", tls=listener_for(ca)) as broker:
         yield broker
-
-
-class Peer:
-    """One paho client over TLS, trusting ``ca`` and presenting ``ca``'s certificate for
-    ``name`` (none when ``name`` is None), recording what it receives."""
-
-    def __init__(
-        self,
-        port: int,
-        ca: CaDir,
-        name: str | None,
-        client_id: str = "",
-        client_ca: CaDir | None = None,
-        tls: bool = True,
-        will: str | None = None,
-    ) -> None:
-        self.port = port
-        self.received: queue.Queue[tuple[str, bytes]] = queue.Queue()
-        self.connected = threading.Event()
-        self.closed = threading.Event()
-        self.answered = threading.Event()  # CONNACK either way, or the broker hung up
-        # No reconnecting behind the test's back: a refusal stays a refusal.
-        self.client = mqtt.Client(
-            mqtt.CallbackAPIVersion.VERSION2,
-            client_id=client_id,
-            protocol=mqtt.MQTTv311,
-            reconnect_on_failure=False,
-        )
-        if will:
-            self.client.will_set(will, b"offline", qos=1)
-        own = client_ca or ca
-        if tls:
-            self.client.tls_set(
-                ca_certs=str(ca.cert),
-                certfile=str(own.issued_cert(name)) if name else None,
-                keyfile=str(own.issued_key(name)) if name else None,
-            )
-        self.client.on_connect = self._on_connect
-        self.client.on_disconnect = self._on_disconnect
-        self.client.on_message = lambda c, u, message: self.received.put(
-            (message.topic, message.payload)
-        )
-
-    def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:
-        (self.closed if reason_code.is_failure else self.connected).set()
-        self.answered.set()
-
-    def _on_disconnect(self, *args: object) -> None:
-        self.closed.set()
-        self.answered.set()
-
-    def connect(self, timeout_s: float = 5) -> bool:
-        """True once the broker accepts the connection; False when it refuses or hangs up."""
-        try:
-            self.client.connect("127.0.0.1", self.port, keepalive=30)
-        except OSError:  # ssl.SSLError included: the handshake itself was refused
-            return False
-        self.client.loop_start()
-        if self.answered.wait(timeout_s) and not self.closed.is_set():
-            return True
-        self.close()
-        return False
-
-    def subscribe(self, name: str) -> None:
-        done = threading.Event()
-        self.client.on_subscribe = lambda *args: done.set()
-        self.client.subscribe(name, qos=1)
-        assert done.wait(5), f"no SUBACK for {name}"
-
-    def publish(self, name: str, payload: bytes, retain: bool = False) -> None:
-        self.client.publish(name, payload, qos=1, retain=retain).wait_for_publish(5)
-
-    def next_message(self, timeout_s: float = 5) -> tuple[str, bytes]:
-        return self.received.get(timeout=timeout_s)
-
-    def lose_power(self) -> None:
-        """End the connection the way a device that loses power does: no DISCONNECT."""
-        self.client.socket().shutdown(socket.SHUT_RDWR)
-        assert self.closed.wait(5)
-        self.client.loop_stop()
-
-    def close(self) -> None:
-        self.client.disconnect()
-        self.client.loop_stop()
-
-
-def connected(broker: MosquittoBroker, ca: CaDir, name: str | None, **kwargs) -> Peer:
-    peer = Peer(broker.port, ca, name, **kwargs)
-    assert peer.connect(), f"{name} could not connect; see {broker.log_path}"
-    return peer
-
-
-def publish_once(
-    broker: MosquittoBroker, ca: CaDir, name: str, topic_name: str, payload: bytes
-) -> bool:
-    """Connect as ``name``, publish once at QoS 1 and hang up. True once the broker has dealt
-    with the message: acknowledged it (MQTT 3.1.1 has no way to say "denied"), or, for a
-    denied one, possibly closed the connection instead (see docs/security.md)."""
-    peer = connected(broker, ca, name)
-    try:
-        sent = peer.client.publish(topic_name, payload, qos=1)
-        for _ in range(100):
-            if sent.is_published() or peer.closed.is_set():
-                return True
-            peer.closed.wait(0.05)
-        return False
-    finally:
-        peer.close()
-
-
-def connects(broker: MosquittoBroker, ca: CaDir, name: str | None, **kwargs) -> bool:
-    peer = Peer(broker.port, ca, name, **kwargs)
-    accepted = peer.connect()
-    peer.close()
-    return accepted
 
 
 # ---------------------------------------------------------------------------- who connects
@@ -219,7 +91,7 @@ def test_a_device_publishes_under_its_own_id_and_nowhere_else(
     ca: CaDir, broker: MosquittoBroker
 ) -> None:
     server = connected(broker, ca, SERVER_COMMON_NAME)
-    server.subscribe("edgeloop/v1/devices/#")
+    server.subscribe("edgeloop/v2/devices/#")
     device_a = connected(broker, ca, "dev-a")
     try:
         for channel in (Channel.HELLO, Channel.STATUS, Channel.REPORT, Channel.TELEMETRY):
@@ -230,7 +102,7 @@ def test_a_device_publishes_under_its_own_id_and_nowhere_else(
 
     forged = [topic("dev-b", channel) for channel in Channel] + [
         topic("dev-a", Channel.DESIRED),
-        "edgeloop/v1/elsewhere",
+        "edgeloop/v2/elsewhere",
     ]
     for name in forged:
         assert publish_once(broker, ca, "dev-a", name, b"forged"), name
@@ -245,7 +117,7 @@ def test_a_device_leaves_a_last_will_under_its_own_id_only(
     ca: CaDir, broker: MosquittoBroker
 ) -> None:
     server = connected(broker, ca, SERVER_COMMON_NAME)
-    server.subscribe("edgeloop/v1/devices/#")
+    server.subscribe("edgeloop/v2/devices/#")
     try:
         for will in (topic("dev-b", Channel.STATUS), topic("dev-a", Channel.STATUS)):
             connected(broker, ca, "dev-a", will=will).lose_power()
@@ -264,8 +136,8 @@ def test_a_device_reads_its_own_desired_state_and_no_one_elses(
     device_b = connected(broker, ca, "dev-b")
     try:
         device_a.subscribe(topic("dev-b", Channel.DESIRED))
-        device_a.subscribe("edgeloop/v1/devices/+/desired")
-        device_a.subscribe("edgeloop/v1/devices/dev-b/#")
+        device_a.subscribe("edgeloop/v2/devices/+/desired")
+        device_a.subscribe("edgeloop/v2/devices/dev-b/#")
         device_b.subscribe(topic("dev-b", Channel.DESIRED))
         assert device_b.next_message() == (topic("dev-b", Channel.DESIRED), b"for b, retained")
 
@@ -298,6 +170,15 @@ def test_a_device_cannot_take_over_another_device_by_claiming_its_client_id(
     finally:
         device_b.close()
         server.close()
+
+
+def test_every_way_one_device_may_act_for_another_is_refused(
+    ca: CaDir, broker: MosquittoBroker
+) -> None:
+    """The catalogue ``edgeloop bench security`` counts, asserted one by one."""
+    results = violations(broker, ca)
+    assert len(results) >= 6
+    assert [v.name for v in results if not v.refused] == [], results
 
 
 # ---------------------------------------------------------------------------- revocation

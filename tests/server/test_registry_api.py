@@ -12,10 +12,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import requests
 from helpers import JETSON, PI, publish, run_command, wait_until
 
 from edgeloop.agent.protocol import (
+    PROTOCOL_VERSION,
     Channel,
     Hello,
     LatencyStats,
@@ -26,7 +26,6 @@ from edgeloop.agent.protocol import (
 from edgeloop.lab.broker import Broker
 from edgeloop.lab.faults import upload_version
 from edgeloop.lab.launch import ServerProcess
-from edgeloop.server.client import ApiClient
 from edgeloop.server.schemas import (
     Criteria,
     ModelCreate,
@@ -82,7 +81,7 @@ def register_fleet(api: ServerProcess, broker: Broker) -> None:
     publish(broker.port, messages, "registry-test")
     wait_until(
         lambda: (
-            requests.get(f"{api.url}/api/v1/devices/dev-0/telemetry", timeout=5).json().get("total")
+            api.http.get(f"{api.url}/api/v1/devices/dev-0/telemetry", timeout=5).json().get("total")
             == 6
         ),
         20,
@@ -93,26 +92,26 @@ def register_fleet(api: ServerProcess, broker: Broker) -> None:
 def test_devices_are_listed_with_filters_and_pages(api: ServerProcess, mosquitto: Broker) -> None:
     register_fleet(api, mosquitto)
     url = f"{api.url}/api/v1/devices"
-    page = requests.get(url, params={"limit": 2, "offset": 1}, timeout=5).json()
+    page = api.http.get(url, params={"limit": 2, "offset": 1}, timeout=5).json()
     assert page["total"] == 5 and [d["device_id"] for d in page["items"]] == ["dev-1", "dev-2"]
-    pis = requests.get(url, params={"profile": "pi"}, timeout=5).json()
+    pis = api.http.get(url, params={"profile": "pi"}, timeout=5).json()
     assert pis["total"] == 3
-    field_eu = requests.get(url, params=[("tag", "field"), ("tag", "eu")], timeout=5).json()
+    field_eu = api.http.get(url, params=[("tag", "field"), ("tag", "eu")], timeout=5).json()
     assert [d["device_id"] for d in field_eu["items"]] == ["dev-1", "dev-3"]
-    online = requests.get(url, params={"online": "true"}, timeout=5).json()
+    online = api.http.get(url, params={"online": "true"}, timeout=5).json()
     assert online["total"] == 5
 
-    detail = requests.get(f"{url}/dev-0", timeout=5).json()
+    detail = api.http.get(f"{url}/dev-0", timeout=5).json()
     assert detail["tags"] == ["lab"] and detail["online"] is True
-    assert detail["protocol"] == 1, "the version its hello announced"
+    assert detail["protocol"] == PROTOCOL_VERSION, "the version its hello announced"
     assert detail["latest_telemetry"]["seq"] == 6, "the newest sample by time"
     assert detail["desired"]["revision"] == 1
 
-    listed = edgeloop("devices", "ls", "--server", api.url, "--tag", "lab", "--json")
+    listed = edgeloop("devices", "ls", *api.cli_args, "--tag", "lab", "--json")
     assert [d["device_id"] for d in json.loads(listed.stdout)] == ["dev-0", "dev-2", "dev-4"]
-    shown = edgeloop("devices", "show", "dev-0", "--server", api.url)
+    shown = edgeloop("devices", "show", "dev-0", *api.cli_args)
     assert shown.returncode == 0 and "dev-0" in shown.stdout and "pi" in shown.stdout
-    assert "protocol v1" in shown.stdout
+    assert f"protocol v{PROTOCOL_VERSION}" in shown.stdout
 
 
 def test_telemetry_is_paged_newest_first_and_filtered_by_time(
@@ -120,17 +119,17 @@ def test_telemetry_is_paged_newest_first_and_filtered_by_time(
 ) -> None:
     register_fleet(api, mosquitto)
     url = f"{api.url}/api/v1/devices/dev-0/telemetry"
-    newest = requests.get(url, params={"limit": 2}, timeout=5).json()
+    newest = api.http.get(url, params={"limit": 2}, timeout=5).json()
     assert newest["total"] == 6 and [s["seq"] for s in newest["items"]] == [6, 5]
-    window = requests.get(
+    window = api.http.get(
         url,
         params={"since": (T0 + timedelta(minutes=2)).isoformat(), "until": "2026-12-01T12:05:00"},
         timeout=5,
     ).json()
     assert [s["seq"] for s in window["items"]] == [4, 3, 2], "since inclusive, until exclusive"
-    table = edgeloop("telemetry", "dev-0", "--server", api.url, "--limit", "3")
+    table = edgeloop("telemetry", "dev-0", *api.cli_args, "--limit", "3")
     assert table.returncode == 0 and "3 of 6 samples" in table.stdout
-    assert requests.get(f"{api.url}/api/v1/devices/ghost/telemetry", timeout=5).status_code == 404
+    assert api.http.get(f"{api.url}/api/v1/devices/ghost/telemetry", timeout=5).status_code == 404
 
 
 def test_every_refusal_has_one_error_shape(api: ServerProcess) -> None:
@@ -146,7 +145,7 @@ def test_every_refusal_has_one_error_shape(api: ServerProcess) -> None:
         ("GET", "/api/v1/reports?model=" + "m" * 201, 422, "query.model"),
     ]
     for method, path, code, words in cases:
-        response = requests.request(method, api.url + path, timeout=5)
+        response = api.http.request(method, api.url + path, timeout=5)
         assert response.status_code == code, (path, response.text)
         detail = response.json()["detail"]
         assert isinstance(detail, str) and words in detail, (path, detail)
@@ -155,7 +154,7 @@ def test_every_refusal_has_one_error_shape(api: ServerProcess) -> None:
 def test_models_are_pushed_listed_retired_and_kept_by_retention(
     api: ServerProcess, digits_models, tmp_path: Path
 ) -> None:
-    url = ["--server", api.url]
+    url = api.cli_args
     fp32 = digits_models[0]
     report = tmp_path / "report.json"
     for version, accuracy in (("1", 0.90), ("2", 0.91), ("3", 0.92)):
@@ -202,7 +201,7 @@ def test_a_model_in_use_is_not_retired(
     fp32 = digits_models[0]
     report = tmp_path / "report.json"
     report.write_text(json.dumps({"accuracy": 0.9}))
-    url = ["--server", api.url]
+    url = api.cli_args
     assert edgeloop("models", "push", str(fp32.model_path), "--golden", str(fp32.golden_path),
                     "--report", str(report), "--name", "digits", "--version", "1",
                     *url).returncode == 0  # fmt: skip
@@ -225,7 +224,7 @@ def test_a_version_stored_with_figures_this_server_does_not_know_is_still_listed
     report.write_text(json.dumps({"accuracy": 0.9}))
     pushed = edgeloop(
         "models", "push", str(fp32.model_path), "--golden", str(fp32.golden_path),
-        "--report", str(report), "--name", "digits", "--version", "old", "--server", api.url,
+        "--report", str(report), "--name", "digits", "--version", "old", *api.cli_args,
     )  # fmt: skip
     assert pushed.returncode == 0, pushed.stderr
     engine = create_engine(database_url)
@@ -236,7 +235,7 @@ def test_a_version_stored_with_figures_this_server_does_not_know_is_still_listed
         )
     engine.dispose()
 
-    listed = requests.get(f"{api.url}/api/v1/models", timeout=10)
+    listed = api.http.get(f"{api.url}/api/v1/models", timeout=10)
     assert listed.status_code == 200, listed.text
     assert listed.json()["items"][0]["report"]["accuracy"] == 0.9
     assert "flops" not in listed.json()["items"][0]["report"]
@@ -244,7 +243,7 @@ def test_a_version_stored_with_figures_this_server_does_not_know_is_still_listed
     report.write_text(json.dumps({"accuracy": 0.9, "flops": 12345}))
     refused = edgeloop(
         "models", "push", str(fp32.model_path), "--golden", str(fp32.golden_path),
-        "--report", str(report), "--name", "digits", "--version", "new", "--server", api.url,
+        "--report", str(report), "--name", "digits", "--version", "new", *api.cli_args,
     )  # fmt: skip
     assert refused.returncode == 2 and "flops" in refused.stderr
 
@@ -254,7 +253,7 @@ def test_retention_retires_a_halted_rollouts_model_once_no_device_holds_it(
 ) -> None:
     """A halted rollout cannot be resumed: its model is kept only while a device was sent,
     runs or can roll back to it, not for the rollout's sake."""
-    client = ApiClient(api.url)
+    client = api.client()
     files = upload_version(api.url, "1", np.eye(64, 10, dtype=np.float32), 0)
     for version, accuracy in (("1", 0.9), ("2", 0.5), ("3", 0.5), ("4", 0.5), ("5", 0.5)):
         client.register_model(

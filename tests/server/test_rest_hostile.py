@@ -23,7 +23,7 @@ from helpers import JETSON, publish, run_command, wait_until
 from edgeloop.agent.protocol import Channel, Hello, encode, topic
 from edgeloop.lab.broker import Broker
 from edgeloop.lab.launch import ServerProcess
-from edgeloop.server.client import ApiClient, ApiError
+from edgeloop.server.client import ApiError
 
 JSON_LIMIT = 64 * 1024
 ARTIFACT_LIMIT = 1024 * 1024
@@ -50,7 +50,7 @@ def artifact_dir(api: ServerProcess) -> Path:
 
 def upload(api: ServerProcess, data: bytes) -> str:
     sha256 = hashlib.sha256(data).hexdigest()
-    response = requests.put(f"{api.url}/api/v1/artifacts/{sha256}", data=data, timeout=10)
+    response = api.http.put(f"{api.url}/api/v1/artifacts/{sha256}", data=data, timeout=10)
     assert response.status_code == 201, response.text
     return sha256
 
@@ -71,7 +71,7 @@ def card(**changes: Any) -> dict[str, Any]:
 
 def post_raw(api: ServerProcess, path: str, text: str | bytes) -> requests.Response:
     """A body sent as is: ``NaN`` and ``Infinity`` are what Python's own JSON writer emits."""
-    return requests.post(
+    return api.http.post(
         api.url + path, data=text, headers={"Content-Type": "application/json"}, timeout=10
     )
 
@@ -105,9 +105,9 @@ def assert_problem(response: requests.Response, status: int, *words: str) -> Non
 def test_a_registration_the_document_does_not_allow_is_refused_and_nothing_is_stored(
     api: ServerProcess, changes: dict[str, Any], where: str
 ) -> None:
-    response = requests.post(f"{api.url}/api/v1/models", json=card(**changes), timeout=10)
+    response = api.http.post(f"{api.url}/api/v1/models", json=card(**changes), timeout=10)
     assert_problem(response, 422, where)
-    assert requests.get(f"{api.url}/api/v1/models?name=hostile", timeout=10).json()["total"] == 0
+    assert api.http.get(f"{api.url}/api/v1/models?name=hostile", timeout=10).json()["total"] == 0
 
 
 NUMBER = "@number@"
@@ -142,20 +142,20 @@ def test_a_number_json_cannot_carry_is_refused_at_any_depth(
     as ``null`` where the document promises a number, or failed the answer."""
     text = json.dumps(body).replace(f'"{NUMBER}"', literal)
     assert_problem(post_raw(api, path, text), 422, "finite number")
-    assert requests.get(f"{api.url}/api/v1/models?name=hostile", timeout=10).json()["total"] == 0
-    decisions = requests.get(f"{api.url}/api/v1/loop/decisions?loop=hostile", timeout=10)
+    assert api.http.get(f"{api.url}/api/v1/models?name=hostile", timeout=10).json()["total"] == 0
+    decisions = api.http.get(f"{api.url}/api/v1/loop/decisions?loop=hostile", timeout=10)
     assert decisions.json()["total"] == 0
 
 
 def test_a_calibration_with_infinity_in_it_is_refused(api: ServerProcess) -> None:
-    response = requests.put(
+    response = api.http.put(
         f"{api.url}/api/v1/calibrations/pi",
         data='{"calibration": {"class_scale": Infinity}, "observations": 1}',
         headers={"Content-Type": "application/json"},
         timeout=10,
     )
     assert_problem(response, 422, "calibration.class_scale", "finite number")
-    assert requests.get(f"{api.url}/api/v1/calibrations/pi", timeout=10).status_code == 404
+    assert api.http.get(f"{api.url}/api/v1/calibrations/pi", timeout=10).status_code == 404
 
 
 @pytest.mark.parametrize(
@@ -195,7 +195,7 @@ def test_a_body_that_is_not_json_is_a_422_problem(api: ServerProcess, body: byte
     ],
 )
 def test_a_parameter_out_of_its_documented_range_is_a_422(api: ServerProcess, path: str) -> None:
-    assert_problem(requests.get(api.url + path, timeout=10), 422)
+    assert_problem(api.http.get(api.url + path, timeout=10), 422)
 
 
 @pytest.mark.parametrize(
@@ -213,14 +213,14 @@ def test_a_time_window_at_the_ends_of_the_calendar_or_backwards_holds_no_samples
     hello = Hello(device_id="clock-0", agent_version="t", profile=JETSON)
     publish(mosquitto.port, [(topic("clock-0", Channel.HELLO), encode(hello))], "hostile")
     url = f"{api.url}/api/v1/devices/clock-0/telemetry?{query}"
-    wait_until(lambda: requests.get(url, timeout=10).status_code == 200, 20, "the hello stored")
-    assert requests.get(url, timeout=10).json()["items"] == []
+    wait_until(lambda: api.http.get(url, timeout=10).status_code == 200, 20, "the hello stored")
+    assert api.http.get(url, timeout=10).json()["items"] == []
 
 
 def test_a_method_a_path_does_not_answer_is_a_405_that_names_every_method_it_does(
     api: ServerProcess,
 ) -> None:
-    response = requests.patch(f"{api.url}/api/v1/rollouts", timeout=10)
+    response = api.http.patch(f"{api.url}/api/v1/rollouts", timeout=10)
     assert_problem(response, 405, "PATCH")
     assert response.headers["Allow"] == "GET, POST"
 
@@ -250,7 +250,7 @@ def test_a_chunked_json_body_is_counted_as_it_streams_and_refused_past_the_limit
             yield b"x" * 16 * 1024
         yield b'"}'
 
-    response = requests.post(
+    response = api.http.post(
         f"{api.url}/api/v1/models/retention",
         data=chunks(),
         headers={"Content-Type": "application/json"},
@@ -269,16 +269,16 @@ def test_an_artifact_over_the_limit_is_refused_and_leaves_no_file(
     body: bytes | Iterator[bytes] = (
         iter([data[i : i + 65536] for i in range(0, len(data), 65536)]) if chunked else data
     )
-    response = requests.put(f"{api.url}/api/v1/artifacts/{sha256}", data=body, timeout=10)
+    response = api.http.put(f"{api.url}/api/v1/artifacts/{sha256}", data=body, timeout=10)
     assert_problem(response, 413, "1.0MiB", "--max-artifact-size")
-    assert requests.get(f"{api.url}/artifacts/{sha256}", timeout=10).status_code == 404
+    assert api.http.get(f"{api.url}/artifacts/{sha256}", timeout=10).status_code == 404
     assert not [p.name for p in artifact_dir(api).iterdir() if p.name.startswith(".upload-")]
 
 
 def test_an_artifact_at_the_limit_is_stored(api: ServerProcess) -> None:
     data = os.urandom(ARTIFACT_LIMIT)
     sha256 = upload(api, data)
-    assert requests.get(f"{api.url}/artifacts/{sha256}", timeout=10).content == data
+    assert api.http.get(f"{api.url}/artifacts/{sha256}", timeout=10).content == data
 
 
 # --------------------------------------------------------------------------- artifacts
@@ -289,15 +289,15 @@ def test_other_bytes_under_a_stored_hash_are_refused_and_the_stored_file_stays(
 ) -> None:
     original = b"the real model" * 100
     sha256 = upload(api, original)
-    response = requests.put(f"{api.url}/api/v1/artifacts/{sha256}", data=b"evil", timeout=10)
+    response = api.http.put(f"{api.url}/api/v1/artifacts/{sha256}", data=b"evil", timeout=10)
     assert_problem(response, 422, "not the claimed")
-    assert requests.get(f"{api.url}/artifacts/{sha256}", timeout=10).content == original
-    again = requests.put(f"{api.url}/api/v1/artifacts/{sha256}", data=original, timeout=10)
+    assert api.http.get(f"{api.url}/artifacts/{sha256}", timeout=10).content == original
+    again = api.http.put(f"{api.url}/api/v1/artifacts/{sha256}", data=original, timeout=10)
     assert again.status_code == 201 and again.json()["size"] == len(original)
 
 
 def register(api: ServerProcess, version: str, artifact: str, golden: str) -> None:
-    response = requests.post(
+    response = api.http.post(
         f"{api.url}/api/v1/models",
         params={"plan": "false"},
         json=card(name="gc", version=version, artifact_sha256=artifact, golden_sha256=golden),
@@ -311,19 +311,19 @@ def test_a_file_a_live_version_uses_is_not_deleted_until_the_version_is_retired(
 ) -> None:
     model, golden = upload(api, b"model of v1" * 50), upload(api, b"golden of v1" * 50)
     register(api, "1", model, golden)
-    refused = requests.delete(f"{api.url}/api/v1/artifacts/{model}", timeout=10)
+    refused = api.http.delete(f"{api.url}/api/v1/artifacts/{model}", timeout=10)
     assert_problem(refused, 409, "gc:1", "retire")
-    assert requests.get(f"{api.url}/artifacts/{model}", timeout=10).status_code == 200
+    assert api.http.get(f"{api.url}/artifacts/{model}", timeout=10).status_code == 200
 
-    retired = requests.post(f"{api.url}/api/v1/models/gc/1/retire", timeout=10)
+    retired = api.http.post(f"{api.url}/api/v1/models/gc/1/retire", timeout=10)
     assert retired.status_code == 200, retired.text
-    deleted = requests.delete(f"{api.url}/api/v1/artifacts/{model}", timeout=10)
+    deleted = api.http.delete(f"{api.url}/api/v1/artifacts/{model}", timeout=10)
     assert deleted.status_code == 200, deleted.text
     assert deleted.json() == {"sha256": model, "bytes_freed": len(b"model of v1" * 50)}
-    assert requests.get(f"{api.url}/artifacts/{model}", timeout=10).status_code == 404
-    assert_problem(requests.delete(f"{api.url}/api/v1/artifacts/{model}", timeout=10), 404)
+    assert api.http.get(f"{api.url}/artifacts/{model}", timeout=10).status_code == 404
+    assert_problem(api.http.delete(f"{api.url}/api/v1/artifacts/{model}", timeout=10), 404)
 
-    again = requests.post(
+    again = api.http.post(
         f"{api.url}/api/v1/models",
         json=card(name="gc", version="2", artifact_sha256=model, golden_sha256=golden),
         timeout=10,
@@ -341,39 +341,39 @@ def test_garbage_collection_removes_what_no_live_version_uses_and_abandoned_uplo
     orphan = upload(api, b"uploaded, never registered" * 50)
     retired = upload(api, b"model of v4" * 50), upload(api, b"golden of v4" * 50)
     register(api, "4", *retired)
-    assert requests.post(f"{api.url}/api/v1/models/gc/4/retire", timeout=10).status_code == 200
+    assert api.http.post(f"{api.url}/api/v1/models/gc/4/retire", timeout=10).status_code == 200
     stray = artifact_dir(api) / ".upload-abandoned"
     stray.write_bytes(b"x" * 1000)
     two_hours_ago = time.time() - 7200
     os.utime(stray, (two_hours_ago, two_hours_ago))
     fresh = upload(api, b"pushed a moment ago" * 50)
 
-    young_kept = requests.post(f"{api.url}/api/v1/artifact-gc", json={}, timeout=10).json()
+    young_kept = api.http.post(f"{api.url}/api/v1/artifact-gc", json={}, timeout=10).json()
     assert young_kept["removed"] == [] and young_kept["stray_uploads"] == 1
     assert young_kept["bytes_freed"] == 1000 and not stray.exists()
 
-    dry = requests.post(
+    dry = api.http.post(
         f"{api.url}/api/v1/artifact-gc", json={"min_age_s": 0, "dry_run": True}, timeout=10
     ).json()
     gone = {orphan, *retired, fresh}
     assert gone <= {r["sha256"] for r in dry["removed"]} and dry["dry_run"] is True
-    assert all(requests.head(f"{api.url}/artifacts/{s}", timeout=10).ok for s in gone)
+    assert all(api.http.head(f"{api.url}/artifacts/{s}", timeout=10).ok for s in gone)
 
-    collected = requests.post(
+    collected = api.http.post(
         f"{api.url}/api/v1/artifact-gc", json={"min_age_s": 0}, timeout=10
     ).json()
     assert {r["sha256"] for r in collected["removed"]} == {r["sha256"] for r in dry["removed"]}
     assert collected["bytes_freed"] == sum(r["bytes_freed"] for r in collected["removed"])
     for sha256 in gone:
-        assert requests.head(f"{api.url}/artifacts/{sha256}", timeout=10).status_code == 404
+        assert api.http.head(f"{api.url}/artifacts/{sha256}", timeout=10).status_code == 404
     for sha256 in kept:
-        assert requests.head(f"{api.url}/artifacts/{sha256}", timeout=10).status_code == 200
-    listed = requests.get(f"{api.url}/api/v1/models?include_retired=true&name=gc", timeout=10)
+        assert api.http.head(f"{api.url}/artifacts/{sha256}", timeout=10).status_code == 200
+    listed = api.http.get(f"{api.url}/api/v1/models?include_retired=true&name=gc", timeout=10)
     assert {m["label"] for m in listed.json()["items"]} >= {"gc:3", "gc:4"}, "rows stay"
 
 
 def test_an_operator_collects_unused_files_from_the_command_line(api: ServerProcess) -> None:
-    client = ApiClient(api.url)
+    client = api.client()
     needed = upload(api, b"model of v5" * 50), upload(api, b"golden of v5" * 50)
     register(api, "5", *needed)
     with pytest.raises(ApiError, match="gc:5") as refused:
@@ -382,14 +382,14 @@ def test_an_operator_collects_unused_files_from_the_command_line(api: ServerProc
     orphan = upload(api, b"an operator's stray upload" * 50)
 
     dry = run_command("edgeloop.cli.main", "models", "gc", "--min-age", "0", "--dry-run",
-                      "--server", api.url)  # fmt: skip
+                      *api.cli_args)  # fmt: skip
     assert dry.returncode == 0, dry.stderr
     assert "would remove" in dry.stdout and orphan in dry.stdout and needed[0] not in dry.stdout
-    assert requests.head(f"{api.url}/artifacts/{orphan}", timeout=10).status_code == 200
+    assert api.http.head(f"{api.url}/artifacts/{orphan}", timeout=10).status_code == 200
 
-    done = run_command("edgeloop.cli.main", "models", "gc", "--min-age", "0", "--server", api.url)
+    done = run_command("edgeloop.cli.main", "models", "gc", "--min-age", "0", *api.cli_args)
     assert done.returncode == 0 and "removed" in done.stdout, done.stderr
-    assert requests.head(f"{api.url}/artifacts/{orphan}", timeout=10).status_code == 404
+    assert api.http.head(f"{api.url}/artifacts/{orphan}", timeout=10).status_code == 404
     assert client.collect_artifacts(min_age_s=0).removed == []
 
 
@@ -413,9 +413,9 @@ def test_numbers_stored_before_they_had_to_be_finite_still_list(api: ServerProce
             )
         )
     engine.dispose()
-    decisions = requests.get(f"{api.url}/api/v1/loop/decisions?loop=legacy", timeout=10)
+    decisions = api.http.get(f"{api.url}/api/v1/loop/decisions?loop=legacy", timeout=10)
     assert decisions.status_code == 200, decisions.text
     assert decisions.json()["items"][0]["figures"] == {"p95_ms": None}
-    calibration = requests.get(f"{api.url}/api/v1/calibrations/legacy", timeout=10)
+    calibration = api.http.get(f"{api.url}/api/v1/calibrations/legacy", timeout=10)
     assert calibration.status_code == 200, calibration.text
     assert calibration.json()["calibration"] == {"class_scale": None}

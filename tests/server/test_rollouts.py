@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import register as register_version
 from helpers import run_command, wait_until
 from sqlalchemy import select
 
@@ -55,19 +56,7 @@ def test_a_wave_that_is_neither_a_share_nor_a_count_is_refused() -> None:
 
 
 def register(client: ApiClient, manifest: ModelManifest, accuracy: float) -> str:
-    registered = client.register_model(
-        ModelCreate(
-            name=manifest.name,
-            version=manifest.version,
-            artifact_sha256=manifest.artifact.sha256,
-            golden_sha256=manifest.golden.sha256,
-            inputs=manifest.inputs,
-            outputs=manifest.outputs,
-            report=ModelFigures(accuracy=accuracy, size_bytes=manifest.artifact.size),
-        ),
-        plan=False,
-    )
-    return registered.label
+    return register_version(client, manifest, accuracy).label
 
 
 def running(client: ApiClient) -> dict[str, str | None]:
@@ -82,7 +71,7 @@ def test_rollouts_halt_on_failing_devices_roll_back_and_survive_a_server_restart
     agents: list[AgentProcess] = []
     try:
         server.wait_ready()
-        client = ApiClient(server.url)
+        client = server.client()
         weights = np.random.default_rng(0).normal(size=(64, 10)).astype(np.float32)
         base = register(client, upload_version(server.url, "base", weights, 0), 0.9)
         big = register(client, upload_version(server.url, "big", weights, 100_000), 0.5)
@@ -98,6 +87,7 @@ def test_rollouts_halt_on_failing_devices_roll_back_and_survive_a_server_restart
                     inferences=20,
                     telemetry_interval_s=30,
                     probation_s=0.3,
+                    server=server,
                 )
             )
         wait_until(
@@ -150,7 +140,7 @@ def test_rollouts_halt_on_failing_devices_roll_back_and_survive_a_server_restart
         time.sleep(1)
         server = ServerProcess(tmp_path / "server", mosquitto.port, port=server.port)
         server.wait_ready()
-        client = ApiClient(server.url)
+        client = server.client()
         done = wait_until(
             lambda: (s := client.rollout(rollout.id)).state == RolloutState.COMPLETED and s,
             180,
@@ -352,7 +342,7 @@ def edgeloop(*args: str) -> subprocess.CompletedProcess[str]:
 
 
 def test_the_operator_cli_drives_rollouts_over_the_rest_api(server: ServerProcess) -> None:
-    url = ["--server", server.url]
+    url = server.cli_args
     missing = edgeloop("rollout", "create", "nothing:1", *url)
     assert missing.returncode == 2
     assert "no model 'nothing:1'" in missing.stderr and "Traceback" not in missing.stderr

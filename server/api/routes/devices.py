@@ -10,9 +10,21 @@ from fastapi import APIRouter, HTTPException, Query, status
 from pydantic import BeforeValidator
 
 from ... import registry
+from ...auth import record_audit
 from ...schemas import DeviceDetail, DevicePublic, FleetEntry, Page, ReportRecord, TelemetrySample
 from ...times import as_utc
-from ..deps import DeviceIdPath, FleetDep, LabelQuery, OffsetQuery, ProfileQuery, problems
+from ..deps import (
+    AUTH,
+    DeviceIdPath,
+    DeviceReader,
+    FleetDep,
+    LabelQuery,
+    OffsetQuery,
+    Operator,
+    ProfileQuery,
+    Reader,
+    problems,
+)
 
 router = APIRouter(prefix="/api/v1", tags=["devices"])
 
@@ -25,22 +37,25 @@ def _iso_8601(value: object) -> object:
     return value
 
 
-@router.get("/fleet")
-def fleet_summary(fleet: FleetDep) -> list[FleetEntry]:
+@router.get("/fleet", responses=problems(*AUTH))
+def fleet_summary(fleet: FleetDep, reader: Reader) -> list[FleetEntry]:
     """Every device with its profile, desired model and latest report."""
     return fleet.fleet_summary()
 
 
-@router.post("/fleet/plan")
-def plan_fleet(fleet: FleetDep) -> list[FleetEntry]:
+@router.post("/fleet/plan", responses=problems(*AUTH))
+def plan_fleet(fleet: FleetDep, operator: Operator) -> list[FleetEntry]:
     """Re-pick every device's model now; devices whose choice changed get a new revision."""
     fleet.plan_all()
-    return fleet.fleet_summary()
+    summary = fleet.fleet_summary()
+    record_audit(fleet.sessions, operator, "fleet.plan", "fleet", {"devices": len(summary)})
+    return summary
 
 
-@router.get("/devices")
+@router.get("/devices", responses=problems(*AUTH))
 def list_devices(
     fleet: FleetDep,
+    reader: Reader,
     profile: ProfileQuery = None,
     tag: Annotated[
         list[str] | None,
@@ -57,10 +72,10 @@ def list_devices(
         )
 
 
-@router.get("/devices/{device_id}", responses=problems(404))
-def device_detail(device_id: DeviceIdPath, fleet: FleetDep) -> DeviceDetail:
+@router.get("/devices/{device_id}", responses=problems(*AUTH, 404))
+def device_detail(device_id: DeviceIdPath, fleet: FleetDep, reader: DeviceReader) -> DeviceDetail:
     """One device: identity, profile, tags, online, current/previous/desired model, and its
-    latest report and telemetry."""
+    latest report and telemetry. A device's own token may read it."""
     with fleet.sessions() as db:
         try:
             return registry.device_detail(db, device_id)
@@ -68,10 +83,11 @@ def device_detail(device_id: DeviceIdPath, fleet: FleetDep) -> DeviceDetail:
             raise HTTPException(status.HTTP_404_NOT_FOUND, str(exc)) from None
 
 
-@router.get("/devices/{device_id}/telemetry", responses=problems(404))
+@router.get("/devices/{device_id}/telemetry", responses=problems(*AUTH, 404))
 def device_telemetry(
     device_id: DeviceIdPath,
     fleet: FleetDep,
+    reader: DeviceReader,
     since: Annotated[
         datetime | None,
         BeforeValidator(_iso_8601),
@@ -85,7 +101,8 @@ def device_telemetry(
     limit: int = Query(default=100, ge=1, le=5000),
     offset: OffsetQuery = 0,
 ) -> Page[TelemetrySample]:
-    """Telemetry samples in ``[since, until)``, newest first."""
+    """Telemetry samples in ``[since, until)``, newest first. A device's own token may read
+    them."""
     since = _utc(since) if since is not None else None
     until = _utc(until) if until is not None else None
     with fleet.sessions() as db:
@@ -97,11 +114,14 @@ def device_telemetry(
             raise HTTPException(status.HTTP_404_NOT_FOUND, str(exc)) from None
 
 
-@router.get("/devices/{device_id}/reports", responses=problems(404))
+@router.get("/devices/{device_id}/reports", responses=problems(*AUTH, 404))
 def device_reports(
-    device_id: DeviceIdPath, fleet: FleetDep, limit: int = Query(default=50, ge=1, le=1000)
+    device_id: DeviceIdPath,
+    fleet: FleetDep,
+    reader: DeviceReader,
+    limit: int = Query(default=50, ge=1, le=1000),
 ) -> list[ReportRecord]:
-    """A device's update reports, newest first."""
+    """A device's update reports, newest first. A device's own token may read them."""
     with fleet.sessions() as db:
         try:
             return registry.device_reports(db, device_id, limit=limit)
@@ -109,9 +129,10 @@ def device_reports(
             raise HTTPException(status.HTTP_404_NOT_FOUND, str(exc)) from None
 
 
-@router.get("/reports")
+@router.get("/reports", responses=problems(*AUTH))
 def list_reports(
     fleet: FleetDep,
+    reader: Reader,
     profile: ProfileQuery = None,
     model: LabelQuery = None,
     latest: bool = Query(

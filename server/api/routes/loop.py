@@ -8,6 +8,7 @@ from datetime import UTC, datetime
 from fastapi import APIRouter, HTTPException, Query, status
 from sqlalchemy import func, select
 
+from ...auth import record_audit
 from ...models import Calibration, LoopDecision
 from ...schemas import (
     CalibrationPublic,
@@ -16,7 +17,7 @@ from ...schemas import (
     LoopDecisionPublic,
     Page,
 )
-from ..deps import FleetDep, OffsetQuery, ProfilePath, problems
+from ..deps import AUTH, FleetDep, OffsetQuery, Operator, ProfilePath, Reader, problems
 
 router = APIRouter(prefix="/api/v1", tags=["loop"])
 
@@ -29,18 +30,24 @@ def _calibration(row: Calibration) -> CalibrationPublic:
     return CalibrationPublic.model_validate(row, from_attributes=True)
 
 
-@router.post("/loop/decisions", status_code=status.HTTP_201_CREATED)
-def record_decision(body: LoopDecisionCreate, fleet: FleetDep) -> LoopDecisionPublic:
+@router.post("/loop/decisions", status_code=status.HTTP_201_CREATED, responses=problems(*AUTH))
+def record_decision(
+    body: LoopDecisionCreate, fleet: FleetDep, operator: Operator
+) -> LoopDecisionPublic:
     with fleet.sessions.begin() as db:
         row = LoopDecision(**body.model_dump())
         db.add(row)
         db.flush()
+        detail = body.model_dump(include={"round", "profile", "action", "model"})
+        detail["decision"] = row.id
+        record_audit(db, operator, "loop.decision", f"loop:{body.loop}", detail)
         return _decision(row)
 
 
-@router.get("/loop/decisions")
+@router.get("/loop/decisions", responses=problems(*AUTH))
 def list_decisions(
     fleet: FleetDep,
+    reader: Reader,
     loop: str | None = Query(default=None, min_length=1, max_length=128),
     profile: str | None = Query(default=None, min_length=1, max_length=64),
     limit: int = Query(default=200, ge=1, le=5000),
@@ -61,9 +68,9 @@ def list_decisions(
     return Page[LoopDecisionPublic](total=total, limit=limit, offset=offset, items=items)
 
 
-@router.put("/calibrations/{profile}")
+@router.put("/calibrations/{profile}", responses=problems(*AUTH))
 def put_calibration(
-    profile: ProfilePath, body: CalibrationPut, fleet: FleetDep
+    profile: ProfilePath, body: CalibrationPut, fleet: FleetDep, operator: Operator
 ) -> CalibrationPublic:
     with fleet.sessions.begin() as db:
         row = db.get(Calibration, profile)
@@ -73,11 +80,13 @@ def put_calibration(
         row.calibration = body.calibration
         row.observations = body.observations
         row.updated_at = datetime.now(UTC)
+        detail = {"observations": body.observations}
+        record_audit(db, operator, "calibration.put", f"calibration:{profile}", detail)
         return _calibration(row)
 
 
-@router.get("/calibrations")
-def list_calibrations(fleet: FleetDep) -> list[CalibrationPublic]:
+@router.get("/calibrations", responses=problems(*AUTH))
+def list_calibrations(fleet: FleetDep, reader: Reader) -> list[CalibrationPublic]:
     with fleet.sessions() as db:
         return [
             _calibration(row)
@@ -85,8 +94,8 @@ def list_calibrations(fleet: FleetDep) -> list[CalibrationPublic]:
         ]
 
 
-@router.get("/calibrations/{profile}", responses=problems(404))
-def get_calibration(profile: ProfilePath, fleet: FleetDep) -> CalibrationPublic:
+@router.get("/calibrations/{profile}", responses=problems(*AUTH, 404))
+def get_calibration(profile: ProfilePath, fleet: FleetDep, reader: Reader) -> CalibrationPublic:
     with fleet.sessions() as db:
         row = db.get(Calibration, profile)
         if row is None:

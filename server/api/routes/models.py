@@ -8,15 +8,19 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from ... import registry
+from ...auth import record_audit
 from ...fleet import StoredVersionError, UnknownArtifactError
 from ...models import ModelVersion
 from ...schemas import ModelCreate, ModelPublic, Page, Retention, Retired
 from ..deps import (
+    AUTH,
     FleetDep,
     ModelNamePath,
     ModelNameQuery,
     ModelVersionPath,
     OffsetQuery,
+    Operator,
+    Reader,
     StoreDep,
     problems,
 )
@@ -31,11 +35,12 @@ def _public(model: ModelVersion) -> ModelPublic:
         raise HTTPException(status.HTTP_409_CONFLICT, str(exc)) from None
 
 
-@router.post("", status_code=status.HTTP_201_CREATED, responses=problems(409))
+@router.post("", status_code=status.HTTP_201_CREATED, responses=problems(*AUTH, 409))
 def register_model(
     body: ModelCreate,
     fleet: FleetDep,
     store: StoreDep,
+    operator: Operator,
     plan: bool = Query(default=True, description="re-plan the fleet now (else POST /fleet/plan)"),
 ) -> ModelPublic:
     """Register a version whose files were PUT first; by default the fleet is re-planned.
@@ -50,12 +55,15 @@ def register_model(
         model = fleet.register_model(body, plan=plan)
     except (UnknownArtifactError, ValueError) as exc:
         raise HTTPException(status.HTTP_409_CONFLICT, str(exc)) from None
+    detail = body.model_dump(include={"artifact_sha256", "golden_sha256"}) | {"plan": plan}
+    record_audit(fleet.sessions, operator, "model.register", f"model:{model.label}", detail)
     return _public(model)
 
 
-@router.get("")
+@router.get("", responses=problems(*AUTH))
 def list_models(
     fleet: FleetDep,
+    reader: Reader,
     name: ModelNameQuery = None,
     include_retired: bool = Query(default=False),
     limit: int = Query(default=100, ge=1, le=1000),
@@ -78,15 +86,19 @@ def _get(db: Session, name: str, version: str) -> ModelVersion:
     return model
 
 
-@router.get("/{name}/{version}", responses=problems(404, 409))
-def get_model(name: ModelNamePath, version: ModelVersionPath, fleet: FleetDep) -> ModelPublic:
+@router.get("/{name}/{version}", responses=problems(*AUTH, 404, 409))
+def get_model(
+    name: ModelNamePath, version: ModelVersionPath, fleet: FleetDep, reader: Reader
+) -> ModelPublic:
     """409 for a version whose stored row does not validate (the detail says what to do)."""
     with fleet.sessions() as db:
         return _public(_get(db, name, version))
 
 
-@router.post("/{name}/{version}/retire", responses=problems(404, 409))
-def retire_model(name: ModelNamePath, version: ModelVersionPath, fleet: FleetDep) -> ModelPublic:
+@router.post("/{name}/{version}/retire", responses=problems(*AUTH, 404, 409))
+def retire_model(
+    name: ModelNamePath, version: ModelVersionPath, fleet: FleetDep, operator: Operator
+) -> ModelPublic:
     """Stop offering a version to the planner and new rollouts (its files stay until
     ``POST /api/v1/artifact-gc``). Refused with 409 while a device runs, is sent, or could roll
     back to it, or a rollout targets it. A version whose stored row does not validate is
@@ -99,13 +111,17 @@ def retire_model(name: ModelNamePath, version: ModelVersionPath, fleet: FleetDep
             raise HTTPException(status.HTTP_404_NOT_FOUND, str(exc)) from None
         except registry.RetentionError as exc:
             raise HTTPException(status.HTTP_409_CONFLICT, str(exc)) from None
+        record_audit(db, operator, "model.retire", f"model:{name}:{version}")
     with fleet.sessions() as db:
         return _public(_get(db, name, version))
 
 
-@router.post("/retention")
-def apply_retention(body: Retention, fleet: FleetDep) -> Retired:
+@router.post("/retention", responses=problems(*AUTH))
+def apply_retention(body: Retention, fleet: FleetDep, operator: Operator) -> Retired:
     """Retire all but the newest ``keep`` live versions per model name; versions in use are
     kept whatever their age."""
     with fleet.sessions.begin() as db:
-        return Retired(retired=registry.apply_retention(db, keep=body.keep, name=body.name))
+        retired = registry.apply_retention(db, keep=body.keep, name=body.name)
+        detail = {**body.model_dump(mode="json"), "retired": retired}
+        record_audit(db, operator, "model.retention", f"models:{body.name or '*'}", detail)
+        return Retired(retired=retired)

@@ -6,27 +6,33 @@ from __future__ import annotations
 
 from fastapi import APIRouter, HTTPException, Query, status
 
+from ...auth import record_audit
 from ...rollouts import RolloutError
 from ...schemas import Page, RolloutAction, RolloutCreate, RolloutStatus, RolloutSummary
-from ..deps import IdPath, OffsetQuery, RolloutsDep, problems
+from ..deps import AUTH, FleetDep, IdPath, OffsetQuery, Operator, Reader, RolloutsDep, problems
 
 router = APIRouter(prefix="/api/v1/rollouts", tags=["rollouts"])
 
 
-@router.post("", status_code=status.HTTP_201_CREATED, responses=problems(409))
-def create_rollout(request: RolloutCreate, rollouts: RolloutsDep) -> RolloutStatus:
+@router.post("", status_code=status.HTTP_201_CREATED, responses=problems(*AUTH, 409))
+def create_rollout(
+    request: RolloutCreate, rollouts: RolloutsDep, fleet: FleetDep, operator: Operator
+) -> RolloutStatus:
     """Refused with 409 when the model is not registered or is retired, or no device
     matches the target."""
     try:
         rollout_id = rollouts.create(request)
     except RolloutError as exc:
         raise HTTPException(status.HTTP_409_CONFLICT, str(exc)) from None
+    detail = request.model_dump(mode="json")
+    record_audit(fleet.sessions, operator, "rollout.create", f"rollout:{rollout_id}", detail)
     return rollouts.status(rollout_id)
 
 
-@router.get("")
+@router.get("", responses=problems(*AUTH))
 def list_rollouts(
     rollouts: RolloutsDep,
+    reader: Reader,
     limit: int = Query(default=50, ge=1, le=500),
     offset: OffsetQuery = 0,
 ) -> Page[RolloutSummary]:
@@ -34,17 +40,21 @@ def list_rollouts(
     return rollouts.page(limit=limit, offset=offset)
 
 
-@router.get("/{rollout_id}", responses=problems(404))
-def rollout_status(rollout_id: IdPath, rollouts: RolloutsDep) -> RolloutStatus:
+@router.get("/{rollout_id}", responses=problems(*AUTH, 404))
+def rollout_status(rollout_id: IdPath, rollouts: RolloutsDep, reader: Reader) -> RolloutStatus:
     try:
         return rollouts.status(rollout_id)
     except LookupError as exc:
         raise HTTPException(status.HTTP_404_NOT_FOUND, str(exc)) from None
 
 
-@router.post("/{rollout_id}/{action}", responses=problems(404, 409))
+@router.post("/{rollout_id}/{action}", responses=problems(*AUTH, 404, 409))
 def act_on_rollout(
-    rollout_id: IdPath, action: RolloutAction, rollouts: RolloutsDep
+    rollout_id: IdPath,
+    action: RolloutAction,
+    rollouts: RolloutsDep,
+    fleet: FleetDep,
+    operator: Operator,
 ) -> RolloutStatus:
     """Pause, resume, cancel or roll back; 409 when the rollout's state does not allow it
     (e.g. resuming a halted one)."""
@@ -60,4 +70,7 @@ def act_on_rollout(
         raise HTTPException(status.HTTP_404_NOT_FOUND, str(exc)) from None
     except RolloutError as exc:
         raise HTTPException(status.HTTP_409_CONFLICT, str(exc)) from None
-    return rollouts.status(rollout_id)
+    status_now = rollouts.status(rollout_id)
+    detail = {"state": status_now.state, "wave": status_now.current_wave}
+    record_audit(fleet.sessions, operator, f"rollout.{action}", f"rollout:{rollout_id}", detail)
+    return status_now
