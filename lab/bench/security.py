@@ -109,16 +109,18 @@ def _api_attempts(server: ServerProcess) -> list[tuple[str, str, str, int]]:
     }
     document = requests.get(f"{server.url}/openapi.json", headers=server.headers, timeout=10).json()
     routes = [*write_routes(document), ("POST", "/api/v1/enrol")]
+    csr = _csr("attacked-0")
     attempts = []
     for method, template in routes:
         path = re.sub(r"\{(\w+)\}", lambda m: _placeholder(m.group(1)), template)
         for who, token in credentials.items():
             if template == "/api/v1/enrol":
-                # Its credential is the body's token: any token but a live enrolment one fails.
+                # Its credential is the body's token: a well-formed request whose token is
+                # anything but a live enrolment token must fail on the token.
                 body: Any = {
                     "device_id": "attacked-0",
                     "token": token or "elt_" + "x" * 43,
-                    "csr_pem": "x",
+                    "csr_pem": csr,
                 }
                 response = requests.post(server.url + path, json=body, timeout=10)
             else:
@@ -128,6 +130,20 @@ def _api_attempts(server: ServerProcess) -> list[tuple[str, str, str, int]]:
                 )
             attempts.append((method, template, who, response.status_code))
     return attempts
+
+
+def _csr(device_id: str) -> str:
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    request = (
+        x509.CertificateSigningRequestBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, device_id)]))
+        .sign(ec.generate_private_key(ec.SECP256R1()), hashes.SHA256())
+    )
+    return request.public_bytes(serialization.Encoding.PEM).decode()
 
 
 def _placeholder(name: str) -> str:
