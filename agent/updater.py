@@ -248,7 +248,7 @@ class Updater:
         recorded and reported (gate ``signature``, ``rollback``, ``expired``, ``metadata``)
         while the committed model keeps serving."""
         try:
-            update = wanted if isinstance(wanted, Update) else self.resolve(wanted)
+            update = wanted if isinstance(wanted, Update) else self._resolve(wanted)
             committed = self.record.committed
             if update.model is not None and committed is not None:
                 if update.sequence < committed.sequence:
@@ -263,6 +263,23 @@ class Updater:
         except GateError as exc:
             self._refuse_untrusted(wanted, exc)
             return None
+
+    def _resolve(self, desired: Desired) -> Update:
+        """``self.resolve`` with the downloads' retries: metadata that cannot be fetched (the
+        server restarting, a network blip) is tried again with capped, jittered backoff;
+        every other trust refusal is final at once."""
+        attempts = self.config.download_attempts
+        for attempt in range(1, attempts + 1):
+            try:
+                return self.resolve(desired)
+            except GateError as exc:
+                if exc.gate != Gate.METADATA or attempt == attempts or self.stopping.is_set():
+                    raise
+                delay = random.uniform(0, min(30.0, 0.5 * 2**attempt))
+                log.warning("metadata attempt %d: %s; retrying in %.1f s", attempt, exc, delay)
+                if self.stopping.wait(delay):
+                    raise
+        raise AssertionError("unreachable")
 
     def _refuse_untrusted(self, wanted: Desired | Update, exc: GateError) -> None:
         if isinstance(wanted, Update):

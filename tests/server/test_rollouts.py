@@ -11,13 +11,14 @@ from __future__ import annotations
 import json
 import sqlite3
 import subprocess
+import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 from helpers import register as register_version
-from helpers import run_command, wait_until
+from helpers import run_command, signing_repository, wait_until
 from sqlalchemy import select
 
 from edgeloop.agent.protocol import DeviceProfile, ModelManifest, TensorSpec
@@ -25,6 +26,7 @@ from edgeloop.lab.broker import Broker
 from edgeloop.lab.faults import upload_version
 from edgeloop.lab.launch import AgentProcess, ServerProcess
 from edgeloop.server.client import ApiClient, ApiError
+from edgeloop.server.releases import ReleaseSigner
 from edgeloop.server.rollouts import wave_sizes
 from edgeloop.server.schemas import (
     Criteria,
@@ -179,7 +181,12 @@ class FleetOnDisk:
         from edgeloop.server.fleet import Fleet
         from edgeloop.server.rollouts import RolloutController
 
-        self.fleet = Fleet(make_sessionmaker(make_engine(database_url)), "http://h")
+        repository = signing_repository(Path(tempfile.mkdtemp(prefix="edgeloop-tuf-")))
+        self.fleet = Fleet(
+            make_sessionmaker(make_engine(database_url)),
+            "http://h",
+            ReleaseSigner.open(repository),
+        )
         self.sent: list = []
         self.fleet.publish = self.sent.append
         self.controller = RolloutController(self.fleet)
@@ -208,7 +215,7 @@ class FleetOnDisk:
 
     def revisions(self, device_id: str) -> list[tuple[int, str | None]]:
         return [
-            (d.revision, d.model.version if d.model else None)
+            (d.revision, d.target.path.rsplit("/", 1)[1] if d.target else None)
             for d in self.sent
             if d.device_id == device_id
         ]
