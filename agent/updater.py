@@ -27,6 +27,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import requests
 
@@ -64,6 +65,8 @@ from .validate import (
 )
 
 log = logging.getLogger("edgeloop.agent.updater")
+
+T = TypeVar("T")
 
 KILL_AT_ENV = "EDGELOOP_AGENT_KILL_AT"
 """Fault injection for the crash suite: SIGKILL this process right after persisting the named
@@ -268,18 +271,11 @@ class Updater:
         """``self.resolve`` with the downloads' retries: metadata that cannot be fetched (the
         server restarting, a network blip) is tried again with capped, jittered backoff;
         every other trust refusal is final at once."""
-        attempts = self.config.download_attempts
-        for attempt in range(1, attempts + 1):
-            try:
-                return self.resolve(desired)
-            except GateError as exc:
-                if exc.gate != Gate.METADATA or attempt == attempts or self.stopping.is_set():
-                    raise
-                delay = random.uniform(0, min(30.0, 0.5 * 2**attempt))
-                log.warning("metadata attempt %d: %s; retrying in %.1f s", attempt, exc, delay)
-                if self.stopping.wait(delay):
-                    raise
-        raise AssertionError("unreachable")
+        return self._retrying(
+            "metadata",
+            lambda: self.resolve(desired),
+            lambda exc: isinstance(exc, GateError) and exc.gate == Gate.METADATA,
+        )
 
     def _refuse_untrusted(self, wanted: Desired | Update, exc: GateError) -> None:
         if isinstance(wanted, Update):
@@ -749,15 +745,27 @@ class Updater:
 
     def _fetch(self, ref: FileRef) -> Path:
         """Download with retries: capped exponential backoff with full jitter."""
+        return self._retrying(
+            "download",
+            lambda: fetch(ref, self.blobs, self._http),
+            lambda exc: isinstance(exc, TransportError),
+        )
+
+    def _retrying(
+        self, what: str, work: Callable[[], T], retryable: Callable[[AgentError], bool]
+    ) -> T:
+        """``work`` tried up to ``download_attempts`` times while it raises a retryable
+        error, with capped exponential backoff and full jitter; stops early when the agent
+        stops. The last error (or any other) goes up as it is."""
         attempts = self.config.download_attempts
         for attempt in range(1, attempts + 1):
             try:
-                return fetch(ref, self.blobs, self._http)
-            except TransportError as exc:
-                if attempt == attempts or self.stopping.is_set():
+                return work()
+            except AgentError as exc:
+                if not retryable(exc) or attempt == attempts or self.stopping.is_set():
                     raise
                 delay = random.uniform(0, min(30.0, 0.5 * 2**attempt))
-                log.warning("download attempt %d: %s; retrying in %.1f s", attempt, exc, delay)
+                log.warning("%s attempt %d: %s; retrying in %.1f s", what, attempt, exc, delay)
                 if self.stopping.wait(delay):
                     raise
         raise AssertionError("unreachable")
