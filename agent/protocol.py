@@ -46,15 +46,17 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from enum import StrEnum
 from itertools import accumulate
-from typing import Annotated, Any, Literal, ParamSpec, get_args
+from typing import Annotated, Any, ClassVar, Literal, ParamSpec, get_args
 
 from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    SerializerFunctionWrapHandler,
     TypeAdapter,
     ValidationError,
     ValidationInfo,
+    model_serializer,
     model_validator,
 )
 from pydantic_core import PydanticSerializationError
@@ -75,6 +77,7 @@ __all__ = [
     "TOPIC_ROOT",
     "VERSION_PATTERN",
     "Channel",
+    "ControlStats",
     "Desired",
     "DeviceProfile",
     "Energy",
@@ -261,6 +264,20 @@ class Gate(StrEnum):
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
+    _since_2_1: ClassVar[frozenset[str]] = frozenset()
+    """Optional fields added in a minor revision: left out of the encoding while unset, so
+    what this side sends still fits the frozen v2.0 schema unless it uses them (receivers
+    of the same major version drop fields they do not know)."""
+
+    @model_serializer(mode="wrap")
+    def _leave_out_unset_additions(self, handler: SerializerFunctionWrapHandler) -> Any:
+        data = handler(self)
+        if self._since_2_1 and isinstance(data, dict):
+            for name in self._since_2_1:
+                if data.get(name) is None:
+                    data.pop(name, None)
+        return data
+
     @model_validator(mode="before")
     @classmethod
     def _drop_unknown_fields(cls, data: Any, info: ValidationInfo) -> Any:
@@ -307,6 +324,14 @@ class DeviceProfile(_Strict):
     )
     min_accuracy: float | None = Field(default=None, ge=0, le=1)
     arch: str | None = Field(default=None, description="e.g. aarch64, x86_64")
+    deadline_ms: float | None = Field(
+        default=None,
+        gt=0,
+        description="(2.1) a control loop's per-call deadline: in-process calls slower than "
+        "this count as deadline misses",
+    )
+
+    _since_2_1 = frozenset({"deadline_ms"})
 
 
 class FileRef(_Strict):
@@ -389,6 +414,15 @@ class Hello(_Message):
         default_factory=list,
         description="the device's own labels, e.g. site:berlin; rollouts target them",
     )
+    application: str | None = Field(
+        default=None,
+        pattern=NAME_PATTERN,
+        description="(2.1) the application the device runs, from its config; the server "
+        "offers it only that application's models (unset: `default`, or an operator's "
+        "assignment by tag)",
+    )
+
+    _since_2_1 = frozenset({"application"})
 
 
 class Status(_Message):
@@ -453,6 +487,18 @@ class Report(_Message):
     agreement: float | None = Field(default=None, description="probation shadow agreement")
 
 
+class ControlStats(_Strict):
+    """In-process calls of the device's model in one telemetry interval, timed at the call
+    site (:mod:`edgeloop.agent.local`): what a control loop experiences."""
+
+    calls: int = Field(ge=0)
+    errors: int = Field(default=0, ge=0)
+    latency: LatencyStats | None = None
+    deadline_ms: float | None = Field(default=None, gt=0)
+    deadline_misses: int = Field(default=0, ge=0, description="calls slower than the deadline")
+    processes: int = Field(default=1, ge=0, description="application processes reporting")
+
+
 class Telemetry(_Message):
     type: Literal["telemetry"] = "telemetry"
     model: str | None = None
@@ -474,6 +520,13 @@ class Telemetry(_Message):
     dropped: int | None = Field(
         default=None, ge=0, description="messages dropped from the full offline buffer so far"
     )
+    control: ControlStats | None = Field(
+        default=None,
+        description="(2.1) in-process calls (a control loop) in this interval, as the "
+        "application's own process timed them",
+    )
+
+    _since_2_1 = frozenset({"control"})
 
 
 Message = Annotated[Hello | Status | Desired | Report | Telemetry, Field(discriminator="type")]

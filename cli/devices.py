@@ -27,6 +27,7 @@ def register(commands: argparse._SubParsersAction) -> None:
     devices.add_argument("--profile", help="ls: only devices of this profile")
     devices.add_argument("--tag", action="append", default=[], help="ls: carrying tag (repeat)")
     devices.add_argument("--online", action="store_true", help="ls: only online devices")
+    devices.add_argument("--app", help="ls: only devices running this application")
     api_options(devices)
     devices.set_defaults(run=over_api(_devices))
 
@@ -53,7 +54,10 @@ def _devices(client: ApiClient, args: argparse.Namespace, console: Console) -> i
         _print_device(detail, console)
         return 0
     rows = client.devices(
-        profile=args.profile, tags=args.tag or None, online=True if args.online else None
+        profile=args.profile,
+        tags=args.tag or None,
+        online=True if args.online else None,
+        application=args.app,
     )
     if args.json:
         print_json(rows)
@@ -62,6 +66,7 @@ def _devices(client: ApiClient, args: argparse.Namespace, console: Console) -> i
     for column in (
         "device",
         "profile",
+        "application",
         "tags",
         "online",
         "phase",
@@ -75,6 +80,7 @@ def _devices(client: ApiClient, args: argparse.Namespace, console: Console) -> i
         table.add_row(
             row.device_id,
             row.profile.name,
+            row.application + (" (by tag)" if row.application_source == "operator" else ""),
             ",".join(row.tags) or "-",
             "yes" if row.online else "[red]no[/]",
             row.phase,

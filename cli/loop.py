@@ -5,13 +5,19 @@ from __future__ import annotations
 import argparse
 from collections.abc import Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pydantic import JsonValue
 from rich.console import Console
 from rich.table import Table
 
+from edgeloop.agent.protocol import DeviceProfile
 from edgeloop.cli.output import api_options, ms, over_api, print_json
 from edgeloop.server.client import ApiClient, ApiError
+
+if TYPE_CHECKING:
+    from edgeloop.compressor.recipe import Recipe
+    from edgeloop.compressor.task import Task
 
 
 def register(commands: argparse._SubParsersAction) -> None:
@@ -20,10 +26,29 @@ def register(commands: argparse._SubParsersAction) -> None:
     )
     loop.add_argument("action", choices=["run", "history", "calibrations"])
     loop.add_argument(
-        "example", nargs="?", help="run: the example task to compress (image, image-wide, nlp)"
+        "example",
+        nargs="?",
+        help="run: a bundled example task to compress (image, image-wide, nlp, control); or "
+        "give your own model with --model/--task/--train/--eval",
     )
-    loop.add_argument("--recipe", type=Path, help="run: recipe (default: the example's)")
-    loop.add_argument("--loop", dest="loop_name", help="the loop's name (default: the example)")
+    loop.add_argument(
+        "--app",
+        help="run: the application whose devices the loop serves (default: `default`); its "
+        "candidates are registered as versions of it",
+    )
+    loop.add_argument("--model", help="run: your model (.onnx, TorchScript, .pt2, pkg.mod:factory)")
+    loop.add_argument(
+        "--task",
+        help="run: classification, regression, embedding, or a script's task (file.py:Class)",
+    )
+    loop.add_argument("--train", type=Path, help="run: training data (.npz or a folder of .npy)")
+    loop.add_argument("--eval", type=Path, help="run: evaluation data (.npz or a folder of .npy)")
+    loop.add_argument("--recipe", type=Path, help="run: recipe (default: the task's)")
+    loop.add_argument(
+        "--loop",
+        dest="loop_name",
+        help="the loop's name, also the model name (default: the application, else the example)",
+    )
     loop.add_argument("--max-rounds", type=int, default=4, help="run: stop after N rounds")
     loop.add_argument(
         "--workdir", type=Path, default=Path(".edgeloop/loop"), help="run: candidates cache"
@@ -33,28 +58,26 @@ def register(commands: argparse._SubParsersAction) -> None:
 
 
 def _loop_run(client: ApiClient, args: argparse.Namespace, console: Console) -> int:
-    """Tune every device class registered with the control plane (its devices' profiles)."""
-    from edgeloop.agent.protocol import DeviceProfile
-    from edgeloop.compressor.examples import example_recipe, example_task
-    from edgeloop.compressor.recipe import load_recipe
+    """Tune every device class of the application registered with the control plane (its
+    devices' profiles)."""
     from edgeloop.loop import CandidatePool, Loop
 
-    if not args.example:
-        raise ApiError("loop run needs an EXAMPLE task, e.g. `edgeloop loop run image`")
+    application = args.app or "default"
+    task, recipe, name = _loop_task(args)
     profiles: dict[str, DeviceProfile] = {}
-    for device in client.devices():
+    for device in client.devices(application=application):
         profiles.setdefault(device.profile.name, device.profile)
     if not profiles:
-        raise ApiError("no devices are registered: start agents first")
-    try:
-        task = example_task(args.example)
-        recipe = load_recipe(args.recipe or example_recipe(args.example))
-    except ValueError as exc:
-        raise ApiError(str(exc)) from None
-    pool = CandidatePool(task, recipe, args.workdir / args.example, progress=True)
+        raise ApiError(
+            f"no devices of application '{application}' are registered: start agents first"
+            + ("" if args.app else " (or name the application with --app)")
+        )
+    loop_name = args.loop_name or (args.app if args.app else name)
+    pool = CandidatePool(task, recipe, args.workdir / loop_name, progress=True)
     loop = Loop(
-        client, args.loop_name or args.example, list(profiles.values()), pool,
+        client, loop_name, list(profiles.values()), pool,
         max_rounds=args.max_rounds,
+        application=application,
         on_round=lambda record, _: console.print(
             f"round {record.round}: "
             + "; ".join(f"{d.profile} {d.action}" for d in record.decisions)
@@ -63,6 +86,35 @@ def _loop_run(client: ApiClient, args: argparse.Namespace, console: Console) -> 
     result = loop.run()
     console.print(result.reason)
     return 0 if result.converged else 1
+
+
+def _loop_task(args: argparse.Namespace) -> tuple[Task, Recipe, str]:
+    """The task and recipe to build candidates from: a bundled example, or the user's model
+    and data (as ``edgeloop compress MODEL --task ...`` takes them)."""
+    from edgeloop.compressor.examples import example_recipe, example_task
+    from edgeloop.compressor.recipe import load_recipe
+
+    own = [args.model, args.task, args.train, args.eval]
+    try:
+        if any(own):
+            if args.example:
+                raise ValueError("give an EXAMPLE or your own --model, not both")
+            if not all(own):
+                raise ValueError("your own model needs --model, --task, --train and --eval")
+            from edgeloop.compressor.sources import default_recipe, load_task
+
+            task = load_task(args.model, args.task, args.train, args.eval)
+            recipe = load_recipe(args.recipe) if args.recipe else default_recipe(task)
+            return task, recipe, task.name
+        if not args.example:
+            raise ValueError(
+                "loop run needs an EXAMPLE task (e.g. `edgeloop loop run image`) or your own "
+                "model (--model M --task KIND --train T.npz --eval E.npz)"
+            )
+        task = example_task(args.example)
+        return task, load_recipe(args.recipe or example_recipe(args.example)), args.example
+    except (ValueError, OSError) as exc:
+        raise ApiError(str(exc)) from None
 
 
 def _loop(client: ApiClient, args: argparse.Namespace, console: Console) -> int:

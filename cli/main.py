@@ -7,9 +7,21 @@ import argparse
 import logging
 import sys
 
-from edgeloop.cli import ca, compress, devices, lab, loop, models, rollouts, serve, tokens, tuf
+from edgeloop.cli import (
+    apps,
+    ca,
+    compress,
+    devices,
+    lab,
+    loop,
+    models,
+    rollouts,
+    serve,
+    tokens,
+    tuf,
+)
 
-VERB_GROUPS = (serve, lab, compress, devices, models, rollouts, loop, ca, tokens, tuf)
+VERB_GROUPS = (serve, lab, compress, devices, apps, models, rollouts, loop, ca, tokens, tuf)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -30,7 +30,16 @@ def register(commands: argparse._SubParsersAction) -> None:
     models.add_argument("--name", help="push: model name (default: dir or file name)")
     models.add_argument("--version", help="push: version (default: model hash, 12 hex)")
     models.add_argument(
-        "--no-plan", action="store_true", help="push: register without re-planning the fleet"
+        "--app",
+        default="default",
+        help="push: the application this model is a version of (default: `default`); only "
+        "devices running it are offered it",
+    )
+    models.add_argument(
+        "--plan",
+        action="store_true",
+        help="push: re-plan the devices of its application now (default: register only; "
+        "roll it out, or `edgeloop apps plan APP`)",
     )
     models.add_argument("--all", action="store_true", help="ls: include retired versions")
     models.add_argument("--keep", type=int, default=3, help="retention: live versions per name")
@@ -78,14 +87,18 @@ def _models(client: ApiClient, args: argparse.Namespace, console: Console) -> in
         print_json(rows)
         return 0
     table = Table(title=f"{len(rows)} model versions")
-    for column in ("model", "variant", "accuracy", "size KB", "host p95 ms", "created", "retired"):
-        table.add_column(column, justify="left" if column == "model" else "right")
+    columns = ("model", "application", "variant", "metric", "size KB", "host p95 ms", "created",
+               "retired")  # fmt: skip
+    for column in columns:
+        table.add_column(column, justify="left" if column in columns[:2] else "right")
     for row in rows:
         report = row.report
+        arrow = "↑" if report.higher_is_better else "↓"
         table.add_row(
             row.label,
+            row.application,
             report.variant or "-",
-            f"{report.accuracy:.4f}",
+            f"{report.metric_name} {report.accuracy:.4g} {arrow}",
             f"{report.size_bytes / 1024:.1f}" if report.size_bytes else "-",
             ms(report.host_latency_p95_ms),
             when(row.created_at),
@@ -115,7 +128,11 @@ def _push(client: ApiClient, args: argparse.Namespace) -> int:
     except ValidationError as exc:
         raise ApiError(f"{report_path} is not a model report: {exc}") from None
     version = args.version or hashlib.sha256(model.read_bytes()).hexdigest()[:12]
-    card = card_from_onnx(model, name=name, version=version, figures=figures)
-    registered = client.push_model(card, model, golden, plan=not args.no_plan)
-    print(f"registered {registered.label} ({model.stat().st_size / 1024:.1f} KB)")
+    card = card_from_onnx(model, name=name, version=version, figures=figures, application=args.app)
+    registered = client.push_model(card, model, golden, plan=args.plan)
+    planned = f"; devices of '{args.app}' re-planned" if args.plan else ""
+    print(
+        f"registered {registered.label} for application '{registered.application}' "
+        f"({model.stat().st_size / 1024:.1f} KB){planned}"
+    )
     return 0

@@ -276,8 +276,11 @@ class AgentProcess(ManagedProcess):
         device_class: DeviceClass | None = None,
         server: ServerProcess | None = None,
         mqtt_tls: bool = False,
+        application: str | None = None,
     ) -> None:
-        """``device_class`` confines the agent to an emulated class (``lab/emulation.py``);
+        """``application``: what the device's config declares it runs.
+
+        ``device_class`` confines the agent to an emulated class (``lab/emulation.py``);
         the profile must announce the class's thread count.
 
         ``server``: the control plane the device trusts; the device is enrolled with it
@@ -317,6 +320,7 @@ class AgentProcess(ManagedProcess):
             *[arg for tag in tags or [] for arg in ("--tag", tag)],
             *(["--server", server.url] if server is not None else []),
             *(["--mqtt-tls"] if mqtt_tls else []),
+            *(["--application", application] if application else []),
         ]
         super().__init__(
             device_id,

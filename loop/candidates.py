@@ -11,7 +11,7 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from edgeloop.agent.protocol import DeviceProfile
 from edgeloop.agent.runtime import host_profile as this_host
@@ -39,6 +39,13 @@ class Candidate:
     host: dict[int, HostMeasurement]
     baseline: bool = False
     quantized: bool = False
+    metric_name: str = "accuracy"
+    higher_is_better: bool = True
+
+    @property
+    def rank(self) -> float:
+        """The task metric turned so that larger is better (an error counts negated)."""
+        return self.accuracy if self.higher_is_better else -self.accuracy
 
     @property
     def version(self) -> str:
@@ -66,6 +73,12 @@ class CandidatePool:
         self.host_runs = host_runs
         self._features: dict[Path, ModelFeatures] = {}
         """Static features per model file: computed once, every round re-reads the search."""
+
+    @property
+    def agreement_metric(self) -> Literal["argmax", "cosine"]:
+        """How a device's probation compares this task's models: same top class for a
+        classifier, cosine of the outputs otherwise (embeddings, regression, control)."""
+        return "argmax" if self.task.kind == "classification" else "cosine"
 
     def search(self, thread_counts: Sequence[int]) -> list[Candidate]:
         from edgeloop.compressor.compress import write_golden
@@ -110,9 +123,11 @@ class CandidatePool:
                     host=host,
                     baseline=entry["baseline"],
                     quantized=any(s["pass"].startswith("quantize") for s in trial.pipeline),
+                    metric_name=self.task.metric,
+                    higher_is_better=self.task.higher_is_better,
                 )
             )
-        return sorted(candidates, key=lambda c: (-c.accuracy, c.size_bytes))
+        return sorted(candidates, key=lambda c: (-c.rank, c.size_bytes))
 
     def _feature(self, model_path: Path) -> ModelFeatures:
         from edgeloop.loop.costmodel import features

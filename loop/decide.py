@@ -176,7 +176,7 @@ def decide(
         "measured": measured.__dict__ if measured else None,
         "predicted": {
             c.label: {
-                "accuracy": c.accuracy,
+                c.metric_name: c.accuracy,
                 "latency_p95_ms": round(predictions[c.key].latency_p95_ms, 4),
                 "peak_rss_mb": round(predictions[c.key].peak_rss_mb, 1),
                 "energy_mj": round(predictions[c.key].energy_mj, 4),
@@ -188,16 +188,19 @@ def decide(
     open_ = [c for c in candidates if c.key not in state.refused]
     fitting = sorted(
         (c for c in open_ if not misses[c.key]),
-        key=lambda c: (-c.accuracy, predictions[c.key].latency_p95_ms),
+        key=lambda c: (-c.rank, predictions[c.key].latency_p95_ms),
     )
     current = state.current
 
     def describe(c: Candidate) -> str:
         p = predictions[c.key]
-        return f"{c.label} (accuracy {c.accuracy:.4f}, predicted p95 {p.latency_p95_ms:.2f} ms)"
+        return (
+            f"{c.label} ({c.metric_name} {c.accuracy:.4g}, predicted p95 {p.latency_p95_ms:.2f} ms)"
+        )
 
     if current is not None and measured is not None and within_budget(profile, measured):
-        better = [c for c in fitting if c.accuracy > current.accuracy + ACCURACY_EPSILON]
+        epsilon = ACCURACY_EPSILON * max(1.0, abs(current.accuracy))
+        better = [c for c in fitting if c.rank > current.rank + epsilon]
         head = (
             f"within budget: p95 {measured.p95_ms:.2f} of {profile.latency_budget_ms:g} ms, "
             f"peak {measured.peak_rss_mb or 0:.0f} of {profile.memory_budget_mb:g} MB"

@@ -33,6 +33,7 @@ from edgeloop.loop.candidates import Candidate, CandidatePool
 from edgeloop.loop.decide import Action, ClassState, Decision, Measured, decide
 from edgeloop.server.client import ApiClient, ApiError, card_from_onnx
 from edgeloop.server.schemas import (
+    DEFAULT_APPLICATION,
     Criteria,
     LoopDecisionCreate,
     ModelFigures,
@@ -75,6 +76,8 @@ class Loop:
     """Drives rounds over the control plane's REST API for one model family.
 
     ``classes``: the device profiles to serve (each device announces its profile on hello).
+    ``application``: the application whose devices the loop serves; its candidates are
+    registered as versions of it, so rollouts reach only those devices.
     ``on_round`` is called after each round (the demo prints a table there).
     """
 
@@ -90,10 +93,12 @@ class Loop:
         rollout_timeout_s: float = 300.0,
         wait_s: float = 10.0,
         on_round: Callable[[RoundRecord, LoopResult], None] | None = None,
+        application: str = DEFAULT_APPLICATION,
     ) -> None:
         from edgeloop.loop.costmodel import CostModel
 
         self.client, self.name, self.pool = client, name, pool
+        self.application = application
         self.classes = {p.name: ClassState(p) for p in classes}
         self.margin, self.max_rounds = margin, max_rounds
         self.rollout_timeout_s = rollout_timeout_s
@@ -272,6 +277,9 @@ class Loop:
             return label
         figures = ModelFigures(
             accuracy=candidate.accuracy,
+            metric_name=candidate.metric_name,
+            higher_is_better=candidate.higher_is_better,
+            agreement_metric=self.pool.agreement_metric,
             variant=candidate.label,
             size_bytes=candidate.size_bytes,
             host_latency_p95_ms=min(h.p95_ms for h in candidate.host.values()),
@@ -279,7 +287,11 @@ class Loop:
             golden_atol=golden_atol(candidate.golden_path, quantized=candidate.quantized),
         )
         card = card_from_onnx(
-            candidate.model_path, name=self.name, version=candidate.version, figures=figures
+            candidate.model_path,
+            name=self.name,
+            version=candidate.version,
+            figures=figures,
+            application=self.application,
         )
         try:
             self.client.push_model(card, candidate.model_path, candidate.golden_path, plan=False)

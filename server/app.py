@@ -15,7 +15,7 @@ from starlette.routing import compile_path
 
 from .api.deps import PROBLEMS
 from .api.limits import BodyLimit, BodyLimitMiddleware
-from .api.routes import artifacts, audit, devices, loop, models, rollouts, trust
+from .api.routes import applications, artifacts, audit, devices, loop, models, rollouts, trust
 from .config import Settings
 from .db import make_engine, make_sessionmaker
 from .fleet import Fleet
@@ -84,7 +84,7 @@ def create_app(
     app.state.anonymous_downloads = anonymous_downloads
     app.state.releases = releases
     app.state.ca = CaDir.at(settings.ca_dir, settings.ca_key) if settings.ca_dir else None
-    routers = (artifacts, models, devices, rollouts, loop, audit)
+    routers = (artifacts, models, applications, devices, rollouts, loop, audit)
     for module in (*routers, trust) if releases is not None else routers:
         app.include_router(module.router, responses=ERRORS)
     if anonymous_downloads:

@@ -21,11 +21,16 @@ import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, TypeVar
+from urllib.parse import quote
 
 import requests
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from .schemas import (
+    DEFAULT_APPLICATION,
+    ApplicationAssign,
+    ApplicationAssignmentPublic,
+    ApplicationPublic,
     ArtifactGc,
     ArtifactGcResult,
     ArtifactPublic,
@@ -230,12 +235,14 @@ class ApiClient:
 
     def devices(
         self, *, profile: str | None = None, tags: list[str] | None = None,
-        online: bool | None = None,
+        online: bool | None = None, application: str | None = None,
     ) -> list[DevicePublic]:  # fmt: skip
         """Every registered device matching the filters (all pages)."""
         params: dict[str, Any] = {"tag": tags or []}
         if profile:
             params["profile"] = profile
+        if application:
+            params["application"] = application
         if online is not None:
             params["online"] = str(online).lower()
         return self._all(DevicePublic, "/api/v1/devices", params)
@@ -275,9 +282,37 @@ class ApiClient:
             params["model"] = model
         return self._all(ReportRecord, "/api/v1/reports", params)
 
-    def plan(self) -> list[FleetEntry]:
-        """Re-plan every device now; the fleet as it stands after."""
-        return self._typed(list[FleetEntry], "POST", "/api/v1/fleet/plan")
+    def plan(self, application: str | None = None) -> list[FleetEntry]:
+        """Re-plan every device now (only those of ``application``, when given); the fleet
+        as it stands after."""
+        params = {"application": application} if application else {}
+        return self._typed(list[FleetEntry], "POST", "/api/v1/fleet/plan", params=params)
+
+    # ------------------------------------------------------------------ applications
+
+    def applications(self) -> list[ApplicationPublic]:
+        return self._typed(list[ApplicationPublic], "GET", "/api/v1/applications")
+
+    def application_assignments(self) -> list[ApplicationAssignmentPublic]:
+        return self._typed(
+            list[ApplicationAssignmentPublic], "GET", "/api/v1/applications/assignments"
+        )
+
+    def assign_application(self, application: str, tag: str) -> ApplicationAssignmentPublic:
+        """Devices carrying ``tag`` run ``application`` from now on."""
+        return self._typed(
+            ApplicationAssignmentPublic,
+            "POST",
+            f"/api/v1/applications/{quote(application, safe='')}/assignments",
+            json=ApplicationAssign(tag=tag).model_dump(),
+        )
+
+    def unassign_application(self, tag: str) -> ApplicationAssignmentPublic:
+        return self._typed(
+            ApplicationAssignmentPublic,
+            "DELETE",
+            f"/api/v1/applications/assignments/{quote(tag, safe='')}",
+        )
 
     def fleet(self) -> list[FleetEntry]:
         return self._typed(list[FleetEntry], "GET", "/api/v1/fleet")
@@ -368,7 +403,12 @@ class ApiClient:
 
 
 def card_from_onnx(
-    model_path: Path, *, name: str, version: str, figures: ModelFigures
+    model_path: Path,
+    *,
+    name: str,
+    version: str,
+    figures: ModelFigures,
+    application: str = DEFAULT_APPLICATION,
 ) -> ModelCard:
     """A card for an ONNX file that came without one (``edgeloop models push FILE --report R``,
     the loop's candidates).
@@ -394,6 +434,7 @@ def card_from_onnx(
     return ModelCard(
         name=name,
         version=version,
+        application=application,
         inputs=inputs,
         outputs=outputs,
         golden_atol=1e-3 if figures.golden_atol is None else figures.golden_atol,

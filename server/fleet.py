@@ -36,10 +36,25 @@ from edgeloop.agent.protocol import (
     Telemetry,
 )
 
-from .models import Artifact, DesiredState, Device, DeviceReport, ModelVersion, TelemetrySample
+from .models import (
+    ApplicationAssignment,
+    Artifact,
+    DesiredState,
+    Device,
+    DeviceReport,
+    ModelVersion,
+    TelemetrySample,
+)
 from .planner import Candidate, choose_model
 from .releases import ReleaseSigner
-from .schemas import STORED, FleetEntry, ModelCreate, ModelFigures, ReportRecord
+from .schemas import (
+    DEFAULT_APPLICATION,
+    STORED,
+    FleetEntry,
+    ModelCreate,
+    ModelFigures,
+    ReportRecord,
+)
 
 log = logging.getLogger("edgeloop.server.fleet")
 
@@ -129,6 +144,8 @@ class Fleet:
             device.agent_version = hello.agent_version
             device.protocol = hello.protocol
             device.tags = sorted(set(hello.tags))
+            device.declared_application = hello.application
+            self._settle_application(db, device)
             device.online = True
             device.current_model = hello.current_model
             device.last_seen = datetime.now(UTC)
@@ -183,6 +200,78 @@ class Fleet:
                 )
             )
 
+    # ------------------------------------------------------------------ applications
+
+    def _settle_application(self, db: Session, device: Device) -> bool:
+        """Set which application ``device`` runs: an operator's assignment of one of its tags
+        wins, then what the device's config declared in its last hello, then ``default``.
+        Returns whether it changed."""
+        tags = sorted(device.tags or [])
+        assigned = (
+            db.scalar(
+                select(ApplicationAssignment)
+                .where(ApplicationAssignment.tag.in_(tags))
+                .order_by(ApplicationAssignment.created_at, ApplicationAssignment.tag)
+                .limit(1)
+            )
+            if tags
+            else None
+        )
+        declared = device.declared_application
+        if assigned is not None:
+            application, source = assigned.application, "operator"
+        elif declared is not None:
+            application, source = declared, "device"
+        else:
+            application, source = DEFAULT_APPLICATION, "default"
+        changed = (device.application, device.application_source) != (application, source)
+        if changed and device.application != application:
+            log.info(
+                "device %s runs application %s (%s; was %s)",
+                device.id,
+                application,
+                source,
+                device.application,
+            )
+        device.application, device.application_source = application, source
+        return changed
+
+    def assign_application(self, tag: str, application: str) -> int:
+        """Devices carrying ``tag`` run ``application`` from now on (and those that register
+        with it later); they are re-planned at once. Returns how many carry it now."""
+        with self.sessions.begin() as db:
+            rule = db.get(ApplicationAssignment, tag)
+            if rule is None:
+                db.add(ApplicationAssignment(tag=tag, application=application))
+            else:
+                rule.application = application
+            db.flush()
+            return self._resettle(db, lambda d: tag in (d.tags or []))
+
+    def unassign_application(self, tag: str) -> tuple[str, int]:
+        """Drop the assignment of ``tag``; its devices fall back to their own config. Returns
+        the application it named and how many devices carry the tag.
+
+        Raises:
+            LookupError: no assignment for ``tag``.
+        """
+        with self.sessions.begin() as db:
+            rule = db.get(ApplicationAssignment, tag)
+            if rule is None:
+                raise LookupError(f"no application is assigned to tag {tag!r}")
+            application = rule.application
+            db.delete(rule)
+            db.flush()
+            return application, self._resettle(db, lambda d: tag in (d.tags or []))
+
+    def _resettle(self, db: Session, which: Callable[[Device], bool]) -> int:
+        devices = [d for d in db.scalars(select(Device).order_by(Device.id)) if which(d)]
+        offers: dict[str, _Offers] = {}
+        for device in devices:
+            if self._settle_application(db, device):
+                self._plan(db, device, offers)
+        return len(devices)
+
     def revoke(self, device_id: str) -> None:
         """Stop believing and feeding ``device_id`` (``edgeloop devices revoke``): its
         messages are dropped from now on and its retained desired state is removed."""
@@ -205,8 +294,9 @@ class Fleet:
     # ------------------------------------------------------------------ models
 
     def register_model(self, card: ModelCreate, *, plan: bool = True) -> ModelVersion:
-        """Register a model version whose files are already uploaded, then re-plan the fleet
-        (unless ``plan`` is false, e.g. while registering several candidates of one round).
+        """Register a model version whose files are already uploaded, then re-plan the devices
+        of its application (unless ``plan`` is false, e.g. while registering several
+        candidates of one round). Devices of other applications are never touched.
 
         Raises:
             UnknownArtifactError: a referenced file was not uploaded first.
@@ -226,6 +316,7 @@ class Fleet:
             model = ModelVersion(
                 name=card.name,
                 version=card.version,
+                application=card.application,
                 artifact_sha256=card.artifact_sha256,
                 golden_sha256=card.golden_sha256,
                 inputs=[s.model_dump() for s in card.inputs],
@@ -236,7 +327,7 @@ class Fleet:
             )
             db.add(model)
         if plan:
-            self.plan_all()
+            self.plan_all(card.application)
         return model
 
     def record_artifact(self, sha256: str, size: int) -> None:
@@ -246,17 +337,25 @@ class Fleet:
 
     # ------------------------------------------------------------------ planning
 
-    def plan_all(self) -> None:
+    def plan_all(self, application: str | None = None) -> None:
+        """Re-plan every device (of ``application`` only, when given)."""
         with self.sessions.begin() as db:
-            offers = self._offers(db)
-            for device in db.scalars(select(Device)):
+            offers: dict[str, _Offers] = {}
+            query = select(Device)
+            if application is not None:
+                query = query.where(Device.application == application)
+            for device in db.scalars(query):
                 self._plan(db, device, offers)
 
-    def _offers(self, db: Session) -> _Offers:
-        """Every live version as a planner candidate; one that does not validate is skipped
-        with a warning naming it and why, so a bad row costs one version, not the fleet."""
+    def _offers(self, db: Session, application: str) -> _Offers:
+        """Every live version of ``application`` as a planner candidate; one that does not
+        validate is skipped with a warning naming it and why, so a bad row costs one version,
+        not the fleet."""
         offers = _Offers()
-        for model in db.scalars(select(ModelVersion).where(ModelVersion.retired_at.is_(None))):
+        live = select(ModelVersion).where(
+            ModelVersion.retired_at.is_(None), ModelVersion.application == application
+        )
+        for model in db.scalars(live):
             try:
                 candidate = self.candidate(db, model)
             except StoredVersionError as exc:
@@ -282,13 +381,15 @@ class Fleet:
             accuracy=report.accuracy,
             size_bytes=report.size_bytes or 0,
             host_latency_p95_ms=report.host_latency_p95_ms,
+            metric_name=report.metric_name,
+            higher_is_better=report.higher_is_better,
         )
 
     def _plan(
         self,
         db: Session,
         device: Device,
-        offers: _Offers | None = None,
+        offers: dict[str, _Offers] | None = None,
         force_publish: bool = False,
     ) -> None:
         """Give ``device`` a new desired revision if its best model changed.
@@ -296,26 +397,43 @@ class Fleet:
         ``force_publish`` re-sends an unchanged desired state (e.g. on hello, in case the
         retained message was lost with a broker restart); the revision stays the same. When
         every live version was skipped as unusable, a device keeps what it was told: a bad
-        row must not tell the fleet to stop running models.
+        row must not tell the fleet to stop running models. Likewise a device moved to an
+        application with no version yet keeps its model until one is registered.
         """
-        offers = offers if offers is not None else self._offers(db)
+        known = offers if offers is not None else {}
+        if device.application not in known:
+            known[device.application] = self._offers(db, device.application)
+        app_offers = known[device.application]
         profile = DeviceProfile.model_validate(device.profile)
-        choice = choose_model(profile, offers.candidates, offers.unusable)
-        chosen = offers.models[choice.candidate.id] if choice.candidate else None
+        choice = choose_model(
+            profile, app_offers.candidates, app_offers.unusable, application=device.application
+        )
+        chosen = app_offers.models[choice.candidate.id] if choice.candidate else None
         state = db.get(DesiredState, device.id)
         if state is not None and state.source != "planner":
             # A rollout owns this device's desired state; the planner leaves it alone.
             if force_publish:
                 self.republish(db, device)
             return
-        if state is not None and chosen is None and offers.unusable:
-            state.reason = choice.reason
+        if (
+            state is not None
+            and chosen is None
+            and (app_offers.unusable or self._runs_other_application(db, state, device.application))
+        ):
+            state.reason = choice.reason + (
+                "" if app_offers.unusable else "; keeps its model until one is registered"
+            )
             if force_publish:
                 self.republish(db, device)
             return
         self.set_desired(
             db, device, chosen, source="planner", reason=choice.reason, force=force_publish
         )
+
+    @staticmethod
+    def _runs_other_application(db: Session, state: DesiredState, application: str) -> bool:
+        model = db.get(ModelVersion, state.model_version_id) if state.model_version_id else None
+        return model is not None and model.application != application
 
     def set_desired(
         self,

@@ -11,6 +11,7 @@ from typing import Any, ClassVar
 from sqlalchemy import JSON, DateTime, ForeignKey, Index, String, UniqueConstraint
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
+from .schemas import DEFAULT_APPLICATION
 from .times import utcnow
 
 
@@ -39,6 +40,19 @@ class Device(Base):
     current_model: Mapped[str | None]
     previous_model: Mapped[str | None] = mapped_column(default=None)
     tags: Mapped[list[Any]] = mapped_column(default=list)
+    application: Mapped[str] = mapped_column(
+        String(128), default=DEFAULT_APPLICATION, server_default=DEFAULT_APPLICATION
+    )
+    """The application the device runs: the planner, rollouts and the loop offer it only that
+    application's model versions."""
+    application_source: Mapped[str] = mapped_column(
+        String(16), default="default", server_default="default"
+    )
+    """Who said so: ``operator`` (an assignment by tag), ``device`` (its config, in its
+    hello) or ``default``. An operator's assignment wins over the device's config."""
+    declared_application: Mapped[str | None] = mapped_column(String(128), default=None)
+    """What the device's own config declared in its last hello (kept for when an operator's
+    assignment is dropped)."""
     first_seen: Mapped[datetime] = mapped_column(default=utcnow)
     last_seen: Mapped[datetime] = mapped_column(default=utcnow)
     revoked_at: Mapped[datetime | None] = mapped_column(default=None)
@@ -61,6 +75,9 @@ class ModelVersion(Base):
     id: Mapped[int] = mapped_column(primary_key=True)
     name: Mapped[str] = mapped_column(String(128))
     version: Mapped[str] = mapped_column(String(64))
+    application: Mapped[str] = mapped_column(
+        String(128), default=DEFAULT_APPLICATION, server_default=DEFAULT_APPLICATION, index=True
+    )
     artifact_sha256: Mapped[str] = mapped_column(ForeignKey("artifacts.sha256"))
     golden_sha256: Mapped[str] = mapped_column(ForeignKey("artifacts.sha256"))
     inputs: Mapped[list[Any]]
@@ -76,6 +93,17 @@ class ModelVersion(Base):
     @property
     def label(self) -> str:
         return f"{self.name}:{self.version}"
+
+
+class ApplicationAssignment(Base):
+    """An operator's rule: devices carrying ``tag`` run ``application`` (now and when they
+    register later), whatever their own config says."""
+
+    __tablename__ = "application_assignments"
+
+    tag: Mapped[str] = mapped_column(String(128), primary_key=True)
+    application: Mapped[str] = mapped_column(String(128))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
 class DesiredState(Base):

@@ -8,6 +8,7 @@ Keyword-only functions over a session, answering the API's own types
 from __future__ import annotations
 
 import logging
+from collections import Counter, defaultdict
 from datetime import UTC, datetime
 
 from pydantic import ValidationError
@@ -17,10 +18,20 @@ from sqlalchemy.orm import Session
 from edgeloop.agent.protocol import DeviceProfile, Phase
 
 from .fleet import StoredVersionError, report_record
-from .models import DesiredState, Device, DeviceReport, ModelVersion, Rollout, TelemetrySample
+from .models import (
+    ApplicationAssignment,
+    DesiredState,
+    Device,
+    DeviceReport,
+    ModelVersion,
+    Rollout,
+    TelemetrySample,
+)
 from .rollouts import SENDING
 from .schemas import (
     STORED,
+    ApplicationAssignmentPublic,
+    ApplicationPublic,
     DesiredPublic,
     DeviceDetail,
     DevicePublic,
@@ -49,6 +60,8 @@ def device_row(db: Session, device: Device) -> DevicePublic:
         device_id=device.id,
         profile=DeviceProfile.model_validate(device.profile),
         tags=device.tags,
+        application=device.application,
+        application_source=device.application_source,
         online=device.online,
         phase=Phase(device.phase),
         agent_version=device.agent_version,
@@ -74,6 +87,7 @@ def list_devices(
     profile: str | None = None,
     tags: list[str] | None = None,
     online: bool | None = None,
+    application: str | None = None,
     limit: int = 50,
     offset: int = 0,
 ) -> Page[DevicePublic]:
@@ -82,6 +96,8 @@ def list_devices(
     query = select(Device).order_by(Device.id)
     if profile is not None:
         query = query.where(_profile_is(profile))
+    if application is not None:
+        query = query.where(Device.application == application)
     if online is not None:
         query = query.where(Device.online.is_(online))
     devices = list(db.scalars(query))
@@ -90,6 +106,42 @@ def list_devices(
         devices = [d for d in devices if wanted <= set(d.tags or [])]
     items = [device_row(db, d) for d in devices[offset : offset + limit]]
     return Page[DevicePublic](total=len(devices), limit=limit, offset=offset, items=items)
+
+
+def applications(db: Session) -> list[ApplicationPublic]:
+    """Every application that has a device, a live model version or an assignment."""
+    devices: dict[str, list[Device]] = defaultdict(list)
+    for device in db.scalars(select(Device).where(Device.revoked_at.is_(None))):
+        devices[device.application].append(device)
+    versions: dict[str, list[str]] = defaultdict(list)
+    live = select(ModelVersion).where(ModelVersion.retired_at.is_(None)).order_by(ModelVersion.id)
+    for model in db.scalars(live):
+        versions[model.application].append(model.label)
+    tags: dict[str, list[str]] = defaultdict(list)
+    for rule in db.scalars(select(ApplicationAssignment).order_by(ApplicationAssignment.tag)):
+        tags[rule.application].append(rule.tag)
+    return [
+        ApplicationPublic(
+            name=name,
+            devices=len(devices[name]),
+            online=sum(1 for d in devices[name] if d.online),
+            versions=versions[name],
+            tags=tags[name],
+        )
+        for name in sorted(devices.keys() | versions.keys() | tags.keys())
+    ]
+
+
+def application_assignments(db: Session) -> list[ApplicationAssignmentPublic]:
+    carriers: Counter[str] = Counter()
+    for device in db.scalars(select(Device).where(Device.revoked_at.is_(None))):
+        carriers.update(set(device.tags or []))
+    return [
+        ApplicationAssignmentPublic(
+            tag=rule.tag, application=rule.application, devices=carriers[rule.tag]
+        )
+        for rule in db.scalars(select(ApplicationAssignment).order_by(ApplicationAssignment.tag))
+    ]
 
 
 def _profile_is(name: str) -> ColumnElement[bool]:

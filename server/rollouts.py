@@ -189,13 +189,23 @@ class RolloutController:
                 self.fleet.candidate(db, model)
             except StoredVersionError as exc:
                 raise RolloutError(str(exc)) from None
-            devices = [
+            matching = [
                 d
                 for d in db.scalars(select(Device).order_by(Device.id))
                 if matches(request.target, d) and d.revoked_at is None
             ]
+            devices = [d for d in matching if d.application == model.application]
             if not devices:
-                raise RolloutError(f"no device matches the target {request.target.model_dump()}")
+                others = sorted({d.application for d in matching})
+                raise RolloutError(
+                    f"no device matches the target {request.target.model_dump(exclude_none=True)}"
+                    + (
+                        f" among those running application '{model.application}' "
+                        f"({len(matching)} matching devices run {', '.join(others)})"
+                        if matching
+                        else ""
+                    )
+                )
             sizes = wave_sizes(request.waves, len(devices))
             rollout = Rollout(
                 model_version_id=model.id,
@@ -372,9 +382,16 @@ class RolloutController:
     def _join_latecomers(self, db: Session, rollout: Rollout) -> None:
         """Devices that registered after the rollout started and match it join this wave."""
         target = Target.model_validate(rollout.target)
+        model = db.get(ModelVersion, rollout.model_version_id)
+        application = model.application if model is not None else None
         enlisted = {p.device_id for p in self._parts(db, rollout.id)}
         for device in db.scalars(select(Device).order_by(Device.id)):
-            if device.id not in enlisted and matches(target, device) and device.revoked_at is None:
+            if (
+                device.id not in enlisted
+                and matches(target, device)
+                and device.revoked_at is None
+                and device.application == application
+            ):
                 state = db.get(DesiredState, device.id)
                 if state is not None and state.source.startswith("rollout:"):
                     continue  # another rollout owns it; the newer one already decided

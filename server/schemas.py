@@ -59,9 +59,16 @@ from edgeloop.agent.protocol import (
 )
 from edgeloop.server.times import as_utc
 
+DEFAULT_APPLICATION = "default"
+"""The application of every device and model version nobody assigned to another one."""
+
 __all__ = [
+    "DEFAULT_APPLICATION",
     "INT_MAX",
     "LABEL_PATTERN",
+    "ApplicationAssign",
+    "ApplicationAssignmentPublic",
+    "ApplicationPublic",
     "ArtifactGc",
     "ArtifactGcResult",
     "ArtifactPublic",
@@ -276,6 +283,13 @@ class DeviceBase(BaseModel):
     tags: list[str]
     agent_version: str | None
     protocol: int = Field(description="wire protocol major version from the device's hello")
+    application: str = Field(
+        default=DEFAULT_APPLICATION, description="the application it runs (see `source`)"
+    )
+    application_source: Literal["operator", "device", "default"] = Field(
+        default="default",
+        description="`operator`: assigned by tag; `device`: its own config; `default`: neither",
+    )
 
 
 class DevicePublic(DeviceBase):
@@ -306,12 +320,16 @@ class ModelFigures(BaseModel):
     """What the compressor measured on its own host for one model version (never on a device).
 
     Accepts every field of the compressor's ``ModelReport``; only ``accuracy`` is required,
-    because the planner ranks versions by it.
+    because the planner ranks versions by it. Despite its name it holds any task metric
+    (``metric_name`` says which: accuracy, MAE, a controller's return), in any range, ranked in
+    the direction ``higher_is_better`` gives.
     """
 
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False, strict=True)
 
-    accuracy: float = Field(ge=0, le=1, description="task figure the planner ranks by")
+    accuracy: float = Field(
+        description="the task metric the planner ranks by (`metric_name`), in its own units"
+    )
 
     @model_validator(mode="before")
     @classmethod
@@ -326,6 +344,9 @@ class ModelFigures(BaseModel):
     metric_name: str = Field(
         default="accuracy", max_length=64, description="what `accuracy` measures"
     )
+    higher_is_better: bool = Field(
+        default=True, description="false for errors (MAE, RMSE): the planner ranks lower first"
+    )
     size_bytes: FileSize | None = Field(default=None, description="the .onnx file")
     variant: str | None = Field(default=None, max_length=64, description="e.g. fp32, int8")
     recipe: list[str] = Field(default_factory=list, description="passes that made it, in order")
@@ -336,9 +357,12 @@ class ModelFigures(BaseModel):
     )
     host_threads: ThreadCount | None = Field(default=None, description="threads when timed")
     peak_rss_mb: float | None = Field(default=None, ge=0, description="model process, host")
-    baseline_accuracy: float | None = Field(default=None, ge=0, le=1)
+    baseline_accuracy: float | None = Field(default=None, description="the uncompressed model's")
     accuracy_drop: float | None = Field(
-        default=None, ge=-1, le=1, description="baseline - accuracy"
+        default=None, description="how much worse than the baseline, in the metric's direction"
+    )
+    relative_drop: float | None = Field(
+        default=None, description="accuracy_drop / |baseline_accuracy|: the performance loss"
     )
     golden_atol: float | None = Field(default=None, ge=0, description="as the compressor chose")
     metrics: dict[str, float] = Field(default_factory=dict, description="every task figure")
@@ -356,6 +380,12 @@ class ModelCard(_Request):
 
     name: str = Field(pattern=NAME_PATTERN, description="letters, digits, `_.+-`")
     version: str = Field(pattern=VERSION_PATTERN, description="letters, digits, `_.+-`")
+    application: str = Field(
+        default=DEFAULT_APPLICATION,
+        pattern=NAME_PATTERN,
+        description="the application it is a version of: only devices running that "
+        "application are offered it",
+    )
     inputs: list[TensorSpec] = Field(min_length=1)
     outputs: list[TensorSpec] = Field(min_length=1)
     golden_atol: float = Field(default=1e-3, ge=0)
@@ -392,6 +422,28 @@ class FleetEntry(BaseModel):
     desired_reason: str | None
     model_report: ModelFigures | None = Field(description="the desired model's figures")
     report: ReportRecord | None = Field(description="the device's latest report")
+
+
+class ApplicationPublic(BaseModel):
+    """One application: its devices and model versions, and the tags assigned to it."""
+
+    name: str
+    devices: int = Field(description="devices running it")
+    online: int = Field(description="of which online")
+    versions: list[str] = Field(description="live model versions, `name:version`, oldest first")
+    tags: list[str] = Field(description="tags whose devices an operator assigned to it")
+
+
+class ApplicationAssign(_Request):
+    """``POST /api/v1/applications/{name}/assignments``: devices with ``tag`` run ``name``."""
+
+    tag: str = Field(min_length=1, max_length=128, description="a device tag, e.g. line:3")
+
+
+class ApplicationAssignmentPublic(BaseModel):
+    tag: str
+    application: str
+    devices: int = Field(description="devices that carry the tag now")
 
 
 class Retention(_Request):

@@ -59,6 +59,9 @@ IdPath = Annotated[int, Path(ge=1, le=INT_MAX, description="a row id, as listing
 DeviceIdPath = Annotated[
     str, Path(pattern=DEVICE_ID_PATTERN, description="as the device's hello gave it")
 ]
+ApplicationQuery = Annotated[
+    str | None, Query(pattern=NAME_PATTERN, description="only devices running this application")
+]
 ModelNamePath = Annotated[str, Path(pattern=NAME_PATTERN, description="a model name")]
 ModelVersionPath = Annotated[str, Path(pattern=VERSION_PATTERN, description="its version")]
 ModelNameQuery = Annotated[

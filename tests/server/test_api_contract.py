@@ -228,6 +228,7 @@ def live_fleet(workdir: Path, mosquitto: Broker, database_url: str | None) -> It
         messages.append((topic("pi-0", Channel.TELEMETRY), encode(sample)))
         publish(mosquitto.port, messages, "contract-test")
         wait_until(lambda: len(client.reports()) == len(REPORTS), 20, "every report stored")
+        client.assign_application("default", "spare")
         rollout = client.create_rollout(
             RolloutCreate(model="m:2", target=Target(profile="jetson"), waves=["100%"])
         )

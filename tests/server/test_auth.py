@@ -92,6 +92,8 @@ class Api:
             "profile": "pi",
             "device_id": "pi-0",
             "file": "timestamp.json",
+            "application": "default",
+            "tag": "spare",
         }
 
     def path(self, template: str) -> str:

@@ -50,6 +50,14 @@ def test_a_database_made_before_migrations_is_stamped_not_recreated(tmp_path: Pa
     with old.begin() as connection:
         connection.execute(text("ALTER TABLE devices DROP COLUMN protocol"))  # came with 0003
         connection.execute(text("ALTER TABLE devices DROP COLUMN revoked_at"))  # came with 0005
+        connection.execute(text("DROP INDEX ix_model_versions_application"))
+        for table, column in (  # came with 0006
+            ("devices", "application"),
+            ("devices", "application_source"),
+            ("devices", "declared_application"),
+            ("model_versions", "application"),
+        ):
+            connection.execute(text(f"ALTER TABLE {table} DROP COLUMN {column}"))
         connection.execute(INSERT_ARTIFACT)
     old.dispose()
     engine = make_engine(url)

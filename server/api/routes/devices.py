@@ -15,6 +15,7 @@ from ...schemas import DeviceDetail, DevicePublic, FleetEntry, Page, ReportRecor
 from ...times import as_utc
 from ..deps import (
     AUTH,
+    ApplicationQuery,
     DeviceIdPath,
     DeviceReader,
     FleetDep,
@@ -44,11 +45,20 @@ def fleet_summary(fleet: FleetDep, reader: Reader) -> list[FleetEntry]:
 
 
 @router.post("/fleet/plan", responses=problems(*AUTH))
-def plan_fleet(fleet: FleetDep, operator: Operator) -> list[FleetEntry]:
-    """Re-pick every device's model now; devices whose choice changed get a new revision."""
-    fleet.plan_all()
+def plan_fleet(
+    fleet: FleetDep, operator: Operator, application: ApplicationQuery = None
+) -> list[FleetEntry]:
+    """Re-pick every device's model now (only the devices of ``application``, when given);
+    devices whose choice changed get a new revision."""
+    fleet.plan_all(application)
     summary = fleet.fleet_summary()
-    record_audit(fleet.sessions, operator, "fleet.plan", "fleet", {"devices": len(summary)})
+    record_audit(
+        fleet.sessions,
+        operator,
+        "fleet.plan",
+        f"application:{application}" if application else "fleet",
+        {"devices": len(summary)},
+    )
     return summary
 
 
@@ -62,13 +72,20 @@ def list_devices(
         Query(max_length=100, description="carries this tag (repeat: all of them)"),
     ] = None,
     online: bool | None = Query(default=None),
+    application: ApplicationQuery = None,
     limit: int = Query(default=50, ge=1, le=1000),
     offset: OffsetQuery = 0,
 ) -> Page[DevicePublic]:
     """The registry, by device id."""
     with fleet.sessions() as db:
         return registry.list_devices(
-            db, profile=profile, tags=tag, online=online, limit=limit, offset=offset
+            db,
+            profile=profile,
+            tags=tag,
+            online=online,
+            application=application,
+            limit=limit,
+            offset=offset,
         )
 
 

@@ -41,9 +41,14 @@ def register_model(
     fleet: FleetDep,
     store: StoreDep,
     operator: Operator,
-    plan: bool = Query(default=True, description="re-plan the fleet now (else POST /fleet/plan)"),
+    plan: bool = Query(
+        default=True,
+        description="re-plan the devices of the version's application now (else POST "
+        "/fleet/plan); devices of other applications are never touched",
+    ),
 ) -> ModelPublic:
-    """Register a version whose files were PUT first; by default the fleet is re-planned.
+    """Register a version whose files were PUT first; by default the devices of its
+    application are re-planned.
     Refused with 409 if ``name:version`` exists (versions are immutable) or a file is not
     stored (never uploaded, or removed since): upload it, then register again."""
     for sha256 in (body.artifact_sha256, body.golden_sha256):
