@@ -80,6 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--tag", dest="tags", action="append", help="a label rollouts can target (repeatable)"
     )
+    run.add_argument("--application", help="the application this device runs (announced in hello)")
     return parser
 
 
@@ -95,6 +96,7 @@ RUN_FLAGS = (
     "probation_s",
     "endpoint_port",
     "tags",
+    "application",
 )
 
 

@@ -8,6 +8,7 @@ Example ``agent.toml``::
     server = "https://edgeloop.example.net"   # signed metadata and downloads
     workdir = "/var/lib/edgeloop-agent"
     tags = ["site:kitchen", "camera"]
+    application = "pick-and-place"  # what the device runs; the server offers only its models
     inferences = 200              # measured inferences per applied model
     telemetry_interval_s = 10.0
     endpoint_port = 8470          # local inference endpoint on 127.0.0.1 (0: any free port)
@@ -34,7 +35,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from .errors import ConfigError
 from .identity import Identity
-from .protocol import DEVICE_ID_PATTERN, DeviceProfile
+from .protocol import DEVICE_ID_PATTERN, NAME_PATTERN, DeviceProfile
 
 
 class AgentConfig(BaseModel):
@@ -57,6 +58,12 @@ class AgentConfig(BaseModel):
     )
     profile: DeviceProfile
     tags: list[str] = Field(default_factory=list, description="labels rollouts can target")
+    application: str | None = Field(
+        default=None,
+        pattern=NAME_PATTERN,
+        description="the application this device runs, announced in hello; the server offers "
+        "it only that application's models (unset: `default`, or an operator's assignment)",
+    )
     inferences: int = Field(default=200, ge=1, description="measured inferences per model")
     telemetry_interval_s: float = Field(default=10.0, gt=0)
     keepalive_s: int = Field(default=15, ge=5)

@@ -3,12 +3,13 @@
 Threads: paho's network thread only decodes messages and hands ``Desired`` to the worker
 through a one-slot mailbox (newest wins, so a burst of revisions applies only the last); the
 worker runs the update flow (:mod:`edgeloop.agent.updater`); the endpoint serves applications
-throughout; a timer thread samples telemetry. Reports and telemetry go to the SQLite outbox
-first and are published from there, so a broker outage loses nothing. Nothing a peer sends
-can crash the agent or silence it: an invalid message is logged, counted by reason and
-dropped (the endpoint's ``/v1/health`` shows the counts), and every paho callback is guarded,
-because an exception escaping one ends paho's network thread: the agent would stay online
-through its keepalive yet never hear another desired state.
+throughout; a timer thread samples telemetry, the in-process applications' calls included
+(``telemetry.control``, from their reports: :mod:`edgeloop.agent.local`). Reports and
+telemetry go to the SQLite outbox first and are published from there, so a broker outage loses
+nothing. Nothing a peer sends can crash the agent or silence it: an invalid message is logged,
+counted by reason and dropped (the endpoint's ``/v1/health`` shows the counts), and every paho
+callback is guarded, because an exception escaping one ends paho's network thread: the agent
+would stay online through its keepalive yet never hear another desired state.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from . import __version__
 from .config import AgentConfig
 from .endpoint import InferenceEndpoint
 from .host import ModelHost
+from .local import ControlAccount
 from .outbox import Outbox, OutboxPublisher
 from .protocol import (
     Channel,
@@ -80,6 +82,7 @@ class Agent:
         self._process.cpu_percent()
         self._telemetry_seq = self._last_seq()
         self._sensor = find_sensor()
+        self.control = ControlAccount(config.workdir)
         self.client = mqtt.Client(
             mqtt.CallbackAPIVersion.VERSION2,
             client_id=f"edgeloop-agent-{config.device_id}",
@@ -179,6 +182,7 @@ class Agent:
             available_providers=ort.get_available_providers(),
             current_model=record.committed.label if record.committed else None,
             tags=self.config.tags,
+            application=self.config.application,
         )
         client.publish(self._topic(Channel.HELLO), encode(hello), qos=1)
         self._publish_status(self._status(record.state, record))
@@ -270,6 +274,7 @@ class Agent:
             seq=self._telemetry_seq,
             buffered=len(self.outbox),
             dropped=self.outbox.dropped,
+            control=self.control.interval(self.config.profile.deadline_ms),
         )
 
     def _last_seq(self) -> int:

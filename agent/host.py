@@ -5,6 +5,10 @@ activation or a rollback) lands between requests: a request started on the old m
 on it, the next one runs the new. The host records each request's latency and outcome (the
 live figures telemetry and probation use) and, while a shadow is set, re-runs a sample of live
 inputs on the previous model in a background thread to measure how often the two agree.
+
+The same :class:`Shadow`, :func:`agreement` and :func:`failure` serve the in-process runtime
+of applications (:mod:`edgeloop.agent.local`), so a call counts and compares alike whichever
+way it reached the model.
 """
 
 from __future__ import annotations
@@ -40,6 +44,16 @@ class BadRequestError(AgentError):
 
 class InferenceError(AgentError):
     """onnxruntime failed on well-formed inputs: counts against the model in probation."""
+
+
+def failure(label: str, exc: Exception) -> BadRequestError | InferenceError:
+    """What onnxruntime raising ``exc`` while running ``label`` means for the caller: inputs
+    the model refuses (names, dtypes, shapes) or a failure of the model itself."""
+    message = str(exc).splitlines()[0][:300] if str(exc) else type(exc).__name__
+    refused = ("INVALID_ARGUMENT", "missing from input feed", "Invalid Feed Input Name")
+    if any(word in message for word in refused) or "data type" in message.lower():
+        return BadRequestError(f"{label} refused the inputs: {message}")
+    return InferenceError(f"{label} failed: {message}")
 
 
 @dataclass(frozen=True)
@@ -99,7 +113,11 @@ def agreement(metric: Literal["argmax", "cosine"], new: np.ndarray, old: np.ndar
 
 
 class Shadow:
-    """Runs the previous model on a sample of live inputs, off the request path."""
+    """Runs the previous model on a sample of live inputs, off the request path.
+
+    A sampled input is copied before it is queued: a caller (a control loop) may refill its
+    input buffers as soon as its call returns.
+    """
 
     def __init__(self, previous: LoadedModel, metric: Literal["argmax", "cosine"], every: int):
         self.previous = previous
@@ -119,8 +137,12 @@ class Shadow:
         self._seen += 1
         if self._seen % self.every:
             return
+        if self._queue.full():
+            self.skipped += 1
+            return
+        copied = {name: np.array(value, copy=True) for name, value in feeds.items()}
         try:
-            self._queue.put_nowait((feeds, first_output))
+            self._queue.put_nowait((copied, np.array(first_output, copy=True)))
         except queue.Full:
             self.skipped += 1
 
@@ -136,13 +158,17 @@ class Shadow:
             with self._lock:
                 self._scores.extend(float(s) for s in scores)
 
+    def summary(self) -> tuple[int, float | None]:
+        """(samples compared so far, their mean agreement or None), while it goes on."""
+        with self._lock:
+            scores = list(self._scores)
+        return len(scores), (float(np.mean(scores)) if scores else None)
+
     def close(self, timeout: float = 10.0) -> tuple[int, float | None]:
         """Finish queued comparisons; returns (samples compared, mean agreement or None)."""
         self._queue.put(None)
         self._thread.join(timeout)
-        with self._lock:
-            scores = list(self._scores)
-        return len(scores), (float(np.mean(scores)) if scores else None)
+        return self.summary()
 
 
 class ModelHost:
@@ -190,10 +216,7 @@ class ModelHost:
             with self._lock:
                 self._errors.append(time.monotonic())
                 self.total_requests += 1
-            message = str(exc).splitlines()[0][:300]
-            if "INVALID_ARGUMENT" in message or "data type" in message.lower():
-                raise BadRequestError(f"{model.label} refused the inputs: {message}") from None
-            raise InferenceError(f"{model.label} failed: {message}") from None
+            raise failure(model.label, exc) from None
         elapsed_ms = (time.perf_counter() - start) * 1e3
         with self._lock:
             self._samples.append((time.monotonic(), elapsed_ms))
@@ -206,15 +229,21 @@ class ModelHost:
     def window(self, since: float) -> WindowStats:
         """Live figures for requests since ``since`` (a ``time.monotonic()`` value)."""
         now = time.monotonic()
-        with self._lock:
-            latencies = np.array([ms for t, ms in self._samples if t >= since])
-            errors = sum(1 for t in self._errors if t >= since)
+        latencies, errors = self.samples(since)
         return WindowStats(
             requests=int(latencies.size) + errors,
             errors=errors,
             seconds=now - since,
             latency=latency_stats(latencies) if latencies.size else None,
         )
+
+    def samples(self, since: float) -> tuple[np.ndarray, int]:
+        """Latencies (ms) of the requests served since ``since`` (a ``time.monotonic()``
+        value) and the number that failed; the window keeps the last ``LATENCY_WINDOW``."""
+        with self._lock:
+            latencies = np.array([ms for t, ms in self._samples if t >= since], dtype=np.float64)
+            errors = sum(1 for t in self._errors if t >= since)
+        return latencies, errors
 
     def start_shadow(
         self, previous: LoadedModel, metric: Literal["argmax", "cosine"], every: int

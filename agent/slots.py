@@ -58,10 +58,13 @@ class SlotContents:
 
 
 class Slots:
-    def __init__(self, workdir: Path) -> None:
+    def __init__(self, workdir: Path, *, create: bool = True) -> None:
+        """``create=False``: only read them (an application reading the agent's workdir
+        must not create folders in it)."""
         self.root = workdir / "slots"
         self.current_link = workdir / "current"
-        self.root.mkdir(parents=True, exist_ok=True)
+        if create:
+            self.root.mkdir(parents=True, exist_ok=True)
 
     def directory(self, slot: Slot) -> Path:
         return self.root / slot.value

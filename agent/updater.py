@@ -6,6 +6,10 @@ agent is stopping mid-step: the state stays persisted and is resumed on the next
 settles the resting states (which model serves, which report goes out) idempotently, so
 running a settle twice after a crash changes nothing.
 
+What serves is announced to in-process applications (:mod:`edgeloop.agent.local`) in
+``serving.json`` on every change, probation included; their calls on the candidate count as
+live traffic in probation, next to the local endpoint's requests.
+
 Nothing a model or the device's disk does ends the agent: validation runs in a child process
 (:mod:`edgeloop.agent.sandbox`), a full disk ends a download on the ``disk`` gate, and a state
 file that cannot be written leaves the committed model serving while the step is retried with
@@ -36,6 +40,15 @@ from .errors import AgentError, ArtifactError, GateError, StorageError, Transpor
 from .fetch import fetch, held_bytes
 from .golden import load_golden
 from .host import LoadedModel, ModelHost
+from .local import (
+    ProbationNotice,
+    ServedModel,
+    Serving,
+    announce,
+    await_reports,
+    merged_window,
+    probation_traffic,
+)
 from .protocol import Desired, DeviceProfile, FileRef, Gate, ModelManifest, Phase, Report
 from .runtime import open_session, release_free_memory
 from .sandbox import ValidationRequest, validate_in_child
@@ -147,6 +160,9 @@ class Updater:
         self.rollback_requested = threading.Event()
         self._http = http or requests.Session()
         self._lock = threading.RLock()
+        self._served: SlotModel | None = None  # the slot of what the host serves
+        self._probation: ProbationNotice | None = None
+        self._announced: Serving | None = None
 
     # ------------------------------------------------------------------ entry points
 
@@ -512,23 +528,48 @@ class Updater:
             return self._fail(Event.ACTIVATION_FAILED, Gate.ACTIVATE, str(exc) or repr(exc))
         self.slots.point_to(candidate.slot)
         self.host.swap(loaded)
+        self._served = candidate
+        self._announce()
         return Event.ACTIVATED
 
     def _step_probation(self) -> Event | None:
         """Watch live traffic for the window; shadow-run the previous model on a sample.
 
-        Without live requests the golden inputs serve as traffic, so a device nobody calls
-        yet still compares the two models before committing.
+        Live traffic is the local endpoint's requests and the calls of applications that run
+        the model in-process (their reports, :mod:`edgeloop.agent.local`), which also
+        shadow-run a sample of their own inputs. Without live requests the golden inputs serve
+        as traffic, so a device nobody calls yet still compares the two models before
+        committing.
         """
+        try:
+            return self._watch_probation()
+        finally:
+            self._probation = None
+            self._announce()
+
+    def _watch_probation(self) -> Event | None:
         manifest = self._manifest()
         profile = self._profile()
+        candidate = self._candidate()
         if self.host.model is None or self.host.model.manifest != manifest:
-            self._serve(self._candidate())
+            self._serve(candidate)
         previous = self._previous_loaded()
         if previous is not None:
             self.host.start_shadow(
                 previous, manifest.agreement_metric, every=self.config.shadow_every
             )
+        committed = self.record.committed
+        self._probation = ProbationNotice(
+            id=f"{self.record.revision}-{os.urandom(4).hex()}",
+            previous=(
+                ServedModel(label=committed.label, slot=committed.slot, sha256=committed.sha256)
+                if previous is not None and committed is not None
+                else None
+            ),
+            metric=manifest.agreement_metric,
+            shadow_every=self.config.shadow_every,
+        )
+        self._announce()
         since = time.monotonic()
         try:
             golden = load_golden(
@@ -549,14 +590,34 @@ class Updater:
             if self.stopping.wait(0.05):
                 self.host.stop_shadow()
                 return None
-        window = self.host.window(since)
-        compared, agreement = self.host.stop_shadow()
+        # In-process calls count too: wait (briefly) for reports that cover the window.
+        reports = await_reports(
+            self.config.workdir,
+            candidate.sha256,
+            self._probation.id,
+            after=time.time(),
+            wait=self.stopping.wait,
+        )
+        if self.stopping.is_set():
+            self.host.stop_shadow()
+            return None
+        latencies, errors = self.host.samples(since)
+        traffic = probation_traffic(reports, candidate.sha256, self._probation.id)
+        window = merged_window(latencies, errors, time.monotonic() - since, traffic)
+        compared, agreement = traffic.agreement_with(*self.host.stop_shadow())
         self.record = self.record.model_copy(update={"agreement": agreement})
+        local = traffic.counts
+        in_process = (
+            f" ({local.errors} of {local.calls} in-process calls, from {traffic.processes} "
+            "application processes)"
+            if local.calls
+            else ""
+        )
         if window.error_rate > self.config.max_error_rate:
             return self._fail(
                 Event.BREACH,
                 Gate.ERRORS,
-                f"{window.errors} of {window.requests} requests failed in probation",
+                f"{window.errors} of {window.requests} requests failed in probation{in_process}",
             )
         budget = profile.latency_budget_ms * self.config.probation_latency_factor
         # A p95 of a handful of requests is its slowest one (a scheduler hiccup, the shadow
@@ -568,14 +629,17 @@ class Updater:
             return self._fail(
                 Event.BREACH,
                 Gate.LATENCY,
-                f"live p95 {window.latency.p95_ms:.3f} ms over {budget:.3f} ms in probation",
+                f"live p95 {window.latency.p95_ms:.3f} ms over {budget:.3f} ms in probation"
+                f"{in_process}",
             )
         if agreement is not None and agreement < manifest.min_agreement:
+            shadowed = f", {traffic.compared} of them in-process" if traffic.compared else ""
             return self._fail(
                 Event.BREACH,
                 Gate.AGREEMENT,
                 f"agrees with the previous model on {agreement:.3f} of {compared} shadow "
-                f"samples ({manifest.agreement_metric}), below {manifest.min_agreement}",
+                f"samples{shadowed} ({manifest.agreement_metric}), below "
+                f"{manifest.min_agreement}",
             )
         return Event.HEALTHY
 
@@ -719,14 +783,47 @@ class Updater:
         current = self.host.model
         if model is None:
             self.host.swap(None)
-            return
-        if current is not None and current.manifest.artifact.sha256 == model.sha256:
+            self._served = None
+        elif current is not None and current.manifest.artifact.sha256 == model.sha256:
+            self._served = model
+        else:
+            try:
+                self.host.swap(self._load(model))
+                self._served = model
+            except AgentError as exc:
+                log.error("cannot serve %s from slot %s: %s", model.label, model.slot, exc)
+                self.host.swap(None)
+                self._served = None
+        self._announce()
+
+    def _announce(self) -> None:
+        """Tell in-process applications what serves now and how (``serving.json``), when
+        that changed. A disk that refuses the file leaves them on their model, as it leaves
+        the agent on its own."""
+        model, served = self.host.model, self._served
+        serving = Serving(
+            model=(
+                ServedModel(label=served.label, slot=served.slot, sha256=served.sha256)
+                if model is not None
+                and served is not None
+                and model.manifest.artifact.sha256 == served.sha256
+                else None
+            ),
+            profile=self._profile(),
+            probation=self._probation,
+        )
+        if serving == self._announced:
             return
         try:
-            self.host.swap(self._load(model))
-        except AgentError as exc:
-            log.error("cannot serve %s from slot %s: %s", model.label, model.slot, exc)
-            self.host.swap(None)
+            announce(self.config.workdir, serving)
+        except OSError as exc:
+            log.error(
+                "cannot tell in-process applications that %s serves (%s): they keep their model",
+                serving.model.label if serving.model else "nothing",
+                exc,
+            )
+            return
+        self._announced = serving
 
     def _load(self, model: SlotModel) -> LoadedModel:
         contents: SlotContents = self.slots.contents(model.slot)

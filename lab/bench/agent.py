@@ -1,6 +1,7 @@
 """``edgeloop bench agent``: the device agent's footprint (idle RSS against a bare runtime,
-import time), download against curl, resume, the endpoint's cost, a kill -9 campaign and a
-broker outage (the campaigns live in :mod:`edgeloop.lab.faults`)."""
+import time), download against curl, resume, the cost of the local endpoint and of the
+in-process runtime (:mod:`edgeloop.agent.local`), a kill -9 campaign and a broker outage (the
+campaigns live in :mod:`edgeloop.lab.faults`)."""
 
 from __future__ import annotations
 
@@ -14,8 +15,10 @@ import numpy as np
 import requests
 from rich.console import Console
 
+from edgeloop.agent.local import LocalModel
 from edgeloop.agent.protocol import FileRef
 from edgeloop.agent.runtime import open_session
+from edgeloop.compressor.evaluate import interleaved
 from edgeloop.lab.bench import Figure
 from edgeloop.lab.faults import (
     CLASSES,
@@ -62,6 +65,18 @@ def run(args: Any) -> list[Figure]:
         Figure("agent.resume_resent_bytes", foot.resume_resent_bytes, "bytes", "<= 65536"),
         Figure("agent.resume_used_range", int(foot.resumed_with_range), "bool", ">= 1"),
         Figure("agent.endpoint_overhead_ms", round(foot.endpoint_ms - foot.direct_ms, 3), "ms", ""),
+        Figure(
+            "agent.inproc_overhead_ms",
+            round(foot.inproc_ms - foot.direct_ms, 4),
+            "ms",
+            "<= 0.05",
+        ),
+        Figure(
+            "agent.inproc_first_overhead_ms",
+            round(foot.inproc_first_ms - foot.direct_ms, 4),
+            "ms",
+            "",
+        ),
         Figure("agent.kill9_consistent", kills.consistent, "runs", f">= {kills.runs}"),
         Figure("agent.kill9_runs", kills.runs, "runs", f">= {runs}"),
         Figure("agent.outage_lost", outage.lost, "messages", "<= 0"),
@@ -135,17 +150,31 @@ def import_seconds(repeats: int = 5) -> float:
 
 
 _KILLED_DOWNLOAD = """
-import sys, time, json, requests
+import os, sys, time, json, requests
 from pathlib import Path
 from edgeloop.agent.fetch import fetch
 from edgeloop.agent.protocol import FileRef
 from edgeloop.agent.runtime import open_session
 ref = FileRef.model_validate_json(sys.argv[1])
+http = requests.Session()
+http.headers.update(json.loads(os.environ["EDGELOOP_BENCH_HEADERS"]))
 def progress(have):
     print(have, flush=True)
     time.sleep(0.002)  # a slow link, so the kill can land mid-transfer
-fetch(ref, Path(sys.argv[2]), requests.Session(), progress)
+fetch(ref, Path(sys.argv[2]), http, progress)
 """
+
+
+class _Calls:
+    """A call on a feed, shaped as a session for :func:`interleaved` (which calls
+    ``run(None, feed)``). The extra Python call it adds is counted against the runtime it
+    wraps, never against the bare session."""
+
+    def __init__(self, call: Any) -> None:
+        self._call = call
+
+    def run(self, _output_names: None, feed: dict[str, np.ndarray]) -> Any:
+        return self._call(feed)
 
 
 @dataclass
@@ -159,6 +188,8 @@ class FootprintResult:
     resumed_with_range: bool
     endpoint_ms: float
     direct_ms: float
+    inproc_ms: float
+    inproc_first_ms: float
     model_bytes: int
     download_bytes: int
 
@@ -166,6 +197,7 @@ class FootprintResult:
 def footprint(workdir: Path, *, download_mb: int = 64, padding_floats: int = 1_500_000):
     """Idle RSS vs the bare runtime, import time, download vs curl, resume, endpoint cost."""
     import hashlib
+    import json
     import os
     import signal
     import statistics
@@ -195,22 +227,24 @@ def footprint(workdir: Path, *, download_mb: int = 64, padding_floats: int = 1_5
             model_path = device_dir / "current" / "model.onnx"
             bare = bare_runtime_rss_mb(model_path)
 
-            # endpoint vs a direct onnxruntime call on the same model and input
+            # The endpoint and the in-process runtime (following this agent's workdir) vs a
+            # bare onnxruntime session of the same file and thread count, calls interleaved.
             url = (device_dir / "endpoint.url").read_text().strip()
             client = InferenceClient(url)
             session = open_session(model_path, PROFILE)
             x = {"x": np.ones((1, FEATURES), np.float32)}
-            for _ in range(20):
-                client.infer(x)
-                session.run(None, x)
-            via, direct = [], []
-            for _ in range(300):
-                start = time.perf_counter()
-                client.infer(x)
-                via.append(time.perf_counter() - start)
-                start = time.perf_counter()
-                session.run(None, x)
-                direct.append(time.perf_counter() - start)
+            with LocalModel(device_dir) as local:
+                local.wait(timeout_s=30)
+                calls = interleaved(
+                    {
+                        "direct": session,
+                        "endpoint": _Calls(client.infer),
+                        "inproc": _Calls(local.run),
+                        "inproc_first": _Calls(local.run_first),
+                    },
+                    x,
+                    calls=1000,
+                )
             client.close()
 
             # download throughput: the agent's fetch vs curl, same file, interleaved
@@ -224,17 +258,26 @@ def footprint(workdir: Path, *, download_mb: int = 64, padding_floats: int = 1_5
             ).raise_for_status()
             ref = FileRef(url=f"{server.url}/artifacts/{digest}", sha256=digest, size=len(blob))
             del blob
+
+            # Artifacts are served to credentials only (a device's token; the operator's here).
+            def authorized() -> requests.Session:
+                http = requests.Session()
+                http.headers.update(server.headers)
+                return http
+
+            curl_auth = [arg for k, v in server.headers.items() for arg in ("-H", f"{k}: {v}")]
             ours, theirs = [], []
             scratch = workdir / "download"
             for _ in range(3):
                 for path in scratch.glob("*"):
                     path.unlink()
                 start = time.perf_counter()
-                fetch(ref, scratch, requests.Session())
+                fetch(ref, scratch, authorized())
                 ours.append(time.perf_counter() - start)
                 start = time.perf_counter()
                 subprocess.run(
-                    ["curl", "-sS", "-o", str(scratch / "curl.bin"), ref.url], check=True
+                    ["curl", "-fsS", *curl_auth, "-o", str(scratch / "curl.bin"), ref.url],
+                    check=True,
                 )
                 theirs.append(time.perf_counter() - start)
 
@@ -245,6 +288,7 @@ def footprint(workdir: Path, *, download_mb: int = 64, padding_floats: int = 1_5
                 [sys.executable, "-c", _KILLED_DOWNLOAD, ref.model_dump_json(), str(scratch)],
                 stdout=subprocess.PIPE,
                 text=True,
+                env={**os.environ, "EDGELOOP_BENCH_HEADERS": json.dumps(server.headers)},
             )
             assert killed.stdout is not None
             received = 0
@@ -258,7 +302,7 @@ def footprint(workdir: Path, *, download_mb: int = 64, padding_floats: int = 1_5
                 received = max(received, int(line))
             on_disk = (scratch / f"{digest}.part").stat().st_size
             ranges: list[int] = []
-            http = requests.Session()
+            http = authorized()
             http.hooks["response"].append(lambda r, *a, **k: ranges.append(r.status_code))
             fetch(ref, scratch, http)
         finally:
@@ -274,8 +318,10 @@ def footprint(workdir: Path, *, download_mb: int = 64, padding_floats: int = 1_5
         curl_s=statistics.median(theirs),
         resume_resent_bytes=max(0, received - on_disk),
         resumed_with_range=ranges == [206],
-        endpoint_ms=statistics.median(via) * 1e3,
-        direct_ms=statistics.median(direct) * 1e3,
+        endpoint_ms=float(np.median(calls["endpoint"])),
+        direct_ms=float(np.median(calls["direct"])),
+        inproc_ms=float(np.median(calls["inproc"])),
+        inproc_first_ms=float(np.median(calls["inproc_first"])),
         model_bytes=manifest.artifact.size,
         download_bytes=ref.size,
     )

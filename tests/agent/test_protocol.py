@@ -24,6 +24,7 @@ from edgeloop.agent.protocol import (
     PROTOCOL_VERSION,
     SUPPORTED_VERSIONS,
     Channel,
+    ControlStats,
     Desired,
     DeviceProfile,
     Energy,
@@ -399,3 +400,54 @@ def test_a_refused_report_names_its_gate_as_a_gate() -> None:
     report = decode(json.dumps(_frozen("report-refused")))
     assert isinstance(report, Report)
     assert report.gate is Gate.GOLDEN
+
+
+# --------------------------------------------------------------------------- revision 2.1
+
+CONTROL = ControlStats(
+    calls=10_000,
+    latency=LATENCY,
+    deadline_ms=1.0,
+    deadline_misses=3,
+    processes=1,
+)
+WITH_2_1 = {
+    Channel.HELLO: EXAMPLES[Channel.HELLO].model_copy(
+        update={
+            "application": "pick-and-place",
+            "profile": PROFILE.model_copy(update={"deadline_ms": 1.0}),
+        }
+    ),
+    Channel.TELEMETRY: EXAMPLES[Channel.TELEMETRY].model_copy(update={"control": CONTROL}),
+}
+
+
+@pytest.mark.parametrize("channel", [Channel.HELLO, Channel.TELEMETRY])
+def test_the_2_1_additions_are_left_out_of_what_is_sent_while_unset(channel: Channel) -> None:
+    sent = json.loads(encode(EXAMPLES[channel]))
+    assert {"application", "control"}.isdisjoint(sent)
+    assert "deadline_ms" not in sent.get("profile", {})
+    assert _fits_frozen_schema(encode(EXAMPLES[channel])) == []
+
+
+@pytest.mark.parametrize("channel", [Channel.HELLO, Channel.TELEMETRY])
+def test_the_2_1_additions_are_sent_when_set_and_decode_back(channel: Channel) -> None:
+    message = WITH_2_1[channel]
+    sent = json.loads(encode(message))
+    assert decode(encode(message), topic("pi-1", channel)) == message
+    problems = _fits_frozen_schema(encode(message))
+    assert problems, "a strict v2.0 receiver would refuse them: set them only where understood"
+    assert all(re.search(r"'(application|deadline_ms|control)'", p) for p in problems), problems
+    if channel == Channel.HELLO:
+        assert sent["application"] == "pick-and-place"
+        assert sent["profile"]["deadline_ms"] == 1.0
+    else:
+        assert sent["control"]["deadline_misses"] == 3
+
+
+def test_a_hello_naming_its_application_decodes_and_a_path_for_a_name_is_refused() -> None:
+    hello = decode(_payload(Channel.HELLO, application="pick-and-place"))
+    assert isinstance(hello, Hello) and hello.application == "pick-and-place"
+    with pytest.raises(ProtocolError, match="application") as refused:
+        decode(_payload(Channel.HELLO, application="../other-app"))
+    assert refused.value.reason is Refusal.INVALID
