@@ -2,16 +2,20 @@
 
 Output directory::
 
-    report.json     every trial (recipe, metric, drop, size, zstd size, ratio, latency p50/p95,
-                    peak memory, weight and output error), the Pareto front, the choice and why
+    report.json     every trial (recipe, metric, drop absolute and relative, size, zstd size,
+                    ratio, latency p50/p95, peak memory, weight and output error), the Pareto
+                    front, the choice and why, the metric's direction, the recipe steps skipped
     pareto.png      the front: metric vs latency, size as marker area
     model.onnx      the chosen candidate (absent when nothing fits)
     golden.npz      its golden inputs/outputs for the device gate
+    model_report.json  the chosen model's :class:`ModelReport` (``edgeloop compress`` writes it
+                    with :func:`built_model`; a push registers it)
 """
 
 from __future__ import annotations
 
 import json
+import math
 import shutil
 import sys
 from pathlib import Path
@@ -56,9 +60,12 @@ def built_model(
 ) -> BuiltModel:
     """The chosen candidate as a publishable model, its report as the server's metadata.
 
+    Any finite metric is publishable: the report carries its name and direction
+    (``metric_name``, ``higher_is_better``), and its drop both in the metric's units and
+    relative to the baseline.
+
     Raises:
-        ValueError: nothing was chosen, or the task's metric is not a 0..1 score the
-            control plane can rank devices' models by.
+        ValueError: nothing was chosen, or its metric or the baseline's is not a finite number.
     """
 
     from edgeloop.agent.runtime import host_profile, io_specs, open_session
@@ -66,8 +73,11 @@ def built_model(
     chosen, baseline = result.chosen, result.baseline
     if chosen is None:
         raise ValueError(f"nothing to publish: {result.reason}")
-    if not (0 <= (chosen.metric or 0) <= 1 and task.higher_is_better):
-        raise ValueError(f"{task.metric} is not a 0..1 score; publish this task's model by hand")
+    if not all(math.isfinite(m) for m in (chosen.metric, baseline.metric) if m is not None):
+        raise ValueError(
+            f"{task.metric} is not a finite number ({chosen.metric} vs {baseline.metric} for "
+            "the baseline); a model is published with a number the control plane can rank"
+        )
     model_path, golden_path = out_dir / "model.onnx", out_dir / "golden.npz"
     inputs, outputs = io_specs(open_session(model_path, host_profile(1)))
     quantized = any(step["pass"].startswith("quantize") for step in chosen.pipeline)
@@ -78,6 +88,8 @@ def built_model(
         accuracy=chosen.metric or 0.0,
         baseline_accuracy=baseline.metric or 0.0,
         accuracy_drop=chosen.metric_drop or 0.0,
+        relative_drop=chosen.relative_drop,
+        higher_is_better=task.higher_is_better,
         compression_ratio=chosen.compression_ratio or 1.0,
         host_latency_p50_ms=chosen.latency_p50_ms or 0.0,
         host_latency_p95_ms=chosen.latency_p95_ms or 0.0,
@@ -134,7 +146,8 @@ def _row(t: Trial, on_front: bool, chosen: Trial | None) -> list[str]:
     return [
         name,
         f"{t.metric:.4f}",
-        f"{t.metric_drop or 0:+.4f}",
+        f"{t.metric_drop or 0:+.4f}"
+        + (f" ({t.relative_drop:+.1%})" if t.relative_drop is not None else ""),
         f"{(t.size_bytes or 0) / 1024:.1f}",
         f"{t.compression_ratio or 0:.2f}×",
         f"{(t.size_zstd_bytes or 0) / 1024:.1f}",

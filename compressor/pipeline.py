@@ -1,8 +1,12 @@
-"""Run a concrete pipeline of passes on a task's teacher, caching every stage.
+"""Run a concrete pipeline of passes on a task's source model, caching every stage.
 
-Stages are keyed by the teacher's fingerprint plus the passes so far, so trials that share
+Stages are keyed by the source's fingerprint plus the passes so far, so trials that share
 a prefix (the same pruning, then different quantizations) run that prefix once, and a re-run
 of a search after an interruption reuses every stage already on disk.
+
+The source is :meth:`Task.source`: the teacher as a PyTorch model, or an ONNX file, where the
+empty pipeline is the file itself. A PyTorch source that stands for an ONNX file
+(:meth:`Task.source_onnx`) exports, untouched, to that very file.
 """
 
 from __future__ import annotations
@@ -38,20 +42,21 @@ class StageCache:
         self.task = task
         self.seed = seed
         self._memory: dict[str, Handle] = {}
-        self._teacher: TorchModel | None = None
-        self._teacher_key: str | None = None
+        self._source: Handle | None = None
+        self._source_key: str | None = None
 
-    def teacher(self) -> tuple[TorchModel, str]:
-        if self._teacher is None:
-            self._teacher = TorchModel(self.task.teacher().eval())
-            self._teacher_key = _hash(self.task.name, self._teacher.fingerprint())
-        assert self._teacher_key is not None
-        return self._teacher, self._teacher_key
+    def source(self) -> tuple[Handle, str]:
+        """The task's starting model and its key (the task's name and the model's content)."""
+        if self._source is None:
+            start = self.task.source()
+            self._source = OnnxModel(start) if isinstance(start, Path) else TorchModel(start.eval())
+            self._source_key = _hash(self.task.name, self._source.fingerprint())
+        assert self._source_key is not None
+        return self._source, self._source_key
 
     def run(self, pipeline: Pipeline) -> tuple[OnnxModel, str]:
         """The ONNX model at the end of ``pipeline`` and its stage key."""
-        handle: Handle
-        handle, key = self.teacher()
+        handle, key = self.source()
         for index, (name, config) in enumerate(pipeline):
             key = _hash(key, json.dumps(describe([(name, config)]), sort_keys=True))
             cached = self._load(key)
@@ -68,10 +73,15 @@ class StageCache:
             if stage_dir.exists():
                 shutil.rmtree(stage_dir)
             stage_dir.mkdir(parents=True)
-            ctx = PassContext(task=self.task, work_dir=stage_dir, seed=self.seed)
-            source = handle.clone() if isinstance(handle, TorchModel) else handle
-            log.info("running %s", name)
-            handle = pass_cls().run(source, config, ctx)
+            original = self.task.source_onnx() if index == 0 and name == "export" else None
+            if original is not None:
+                shutil.copyfile(original, stage_dir / "model.onnx")
+                handle = OnnxModel(stage_dir / "model.onnx", dict(handle.notes))
+            else:
+                ctx = PassContext(task=self.task, work_dir=stage_dir, seed=self.seed)
+                source = handle.clone() if isinstance(handle, TorchModel) else handle
+                log.info("running %s", name)
+                handle = pass_cls().run(source, config, ctx)
             self._store(key, handle)
         if not isinstance(handle, OnnxModel):
             raise ValueError("pipeline ended on a torch model; it must end after export")

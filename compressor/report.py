@@ -25,11 +25,21 @@ class ModelReport(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     variant: str = Field(min_length=1, description="e.g. fp32, int8")
-    recipe: list[str] = Field(min_length=1, description="passes that made it, in order")
+    recipe: list[str] = Field(
+        description="passes that made it, in order; empty for a model shipped as it was given"
+    )
     size_bytes: int = Field(gt=0, description="the single self-contained .onnx file")
-    accuracy: float = Field(ge=0, le=1, description="test-set accuracy")
-    baseline_accuracy: float = Field(ge=0, le=1)
-    accuracy_drop: float = Field(description="baseline - accuracy; 0.005 is half a point")
+    accuracy: float = Field(
+        allow_inf_nan=False,
+        description="the value of the task's ranked metric (`metric_name`), e.g. test accuracy, "
+        "an MAE, a mean return",
+    )
+    baseline_accuracy: float = Field(allow_inf_nan=False, description="the same, fp32 baseline")
+    accuracy_drop: float = Field(
+        allow_inf_nan=False,
+        description="how much worse than the baseline, in the metric's units (positive = worse "
+        "in the metric's direction); 0.005 is half a point of accuracy",
+    )
     compression_ratio: float = Field(gt=0, description="baseline size / size")
     host_latency_p50_ms: float = Field(ge=0, description="batch 1, single calls")
     host_latency_p95_ms: float = Field(ge=0)
@@ -40,6 +50,13 @@ class ModelReport(BaseModel):
     peak_rss_mb: float | None = Field(default=None, ge=0, description="model process, host")
     output_max_abs_err: float | None = Field(default=None, description="vs fp32, eval set")
     weight_error: dict[str, float] = Field(default_factory=dict, description="weight MSE/max")
+    higher_is_better: bool = Field(default=True, description="the direction of `accuracy`")
+    relative_drop: float | None = Field(
+        default=None,
+        allow_inf_nan=False,
+        description="accuracy_drop / |baseline_accuracy| (the relative performance loss); None "
+        "when the baseline is 0",
+    )
     agreement_metric: Literal["argmax", "cosine"] = Field(
         default="argmax",
         description="how a device's probation compares this model with its predecessor",

@@ -5,6 +5,10 @@ profile's thread count and execution providers, and probed for peak memory. Resu
 saved one file per trial as each finishes (keyed by content: teacher, pipeline, profile), so
 an interrupted or time-limited search keeps what it measured and a re-run is cheap.
 
+The baseline is the fp32 export of a PyTorch source, or an ONNX source file itself; the recipe
+is fitted to the source first (:meth:`Recipe.for_source`), and the steps it lost are listed in
+the result with why.
+
 Choice: the most accurate candidate that meets the profile's latency (p95), memory, size
 and accuracy budgets and the recipe's constraints. A candidate slower than the fp32 baseline
 is never chosen for speed: when the baseline's latency fits, slower candidates are only
@@ -53,6 +57,7 @@ class Trial:
     metrics: dict[str, float] = field(default_factory=dict)
     metric: float | None = None
     metric_drop: float | None = None
+    relative_drop: float | None = None
     size_bytes: int | None = None
     size_zstd_bytes: int | None = None
     compression_ratio: float | None = None
@@ -81,11 +86,16 @@ class SearchResult:
     chosen: Trial | None
     reason: str
     stopped_early: str | None = None
+    higher_is_better: bool = True
+    skipped: list[str] = field(default_factory=list)
+    """Recipe steps that do not apply to the task's model, each with why."""
 
     def to_json(self) -> dict[str, Any]:
         return {
             "task": self.task,
             "metric": self.metric,
+            "higher_is_better": self.higher_is_better,
+            "skipped": self.skipped,
             "profile": self.profile.model_dump(mode="json"),
             "baseline": asdict(self.baseline),
             "trials": [asdict(t) for t in self.trials],
@@ -117,8 +127,12 @@ class Search:
     ) -> SearchResult:
         max_trials = max_trials or self.recipe.search.max_trials
         time_budget_s = time_budget_s or self.recipe.search.time_budget_s
-        baseline_pipeline = [("export", get_pass("export").config())]
-        pipelines = [p for p in self.recipe.trials() if describe(p) != describe(baseline_pipeline)]
+        source, _ = self.stages.source()
+        recipe, skipped = self.recipe.for_source(source.kind, why=self.task.onnx_only_reason())
+        baseline_pipeline: Pipeline = (
+            [("export", get_pass("export").config())] if source.kind == "torch" else []
+        )
+        pipelines = [p for p in recipe.trials() if describe(p) != describe(baseline_pipeline)]
         if max_trials is not None:
             pipelines = pipelines[:max_trials]
         started = time.monotonic()
@@ -165,16 +179,18 @@ class Search:
             chosen,
             reason,
             stopped,
+            self.task.higher_is_better,
+            skipped,
         )
 
     # ------------------------------------------------------------------ one trial
 
     def evaluate(self, pipeline: Pipeline) -> Trial:
         """Build and measure one pipeline; a failing pass marks the trial failed, no more."""
-        _, teacher_key = self.stages.teacher()
+        _, source_key = self.stages.source()
         key = _hash(
             str(TRIAL_SCHEMA),
-            teacher_key,
+            source_key,
             json.dumps(describe(pipeline), sort_keys=True),
             self.profile.model_dump_json(),
         )
@@ -255,7 +271,9 @@ class Search:
             return
         assert trial.metric is not None and baseline.metric is not None
         sign = 1 if self.task.higher_is_better else -1
-        trial.metric_drop = sign * (baseline.metric - trial.metric)
+        trial.metric_drop = sign * (baseline.metric - trial.metric) + 0.0  # never -0.0
+        if baseline.metric != 0:
+            trial.relative_drop = trial.metric_drop / abs(baseline.metric)
         trial.compression_ratio = (baseline.size_bytes or 0) / max(trial.size_bytes or 1, 1)
         trial.misses = self._misses(trial, baseline)
         trial.fits = not trial.misses
@@ -295,6 +313,8 @@ class Search:
                 )
         if c.min_metric is not None and (trial.metric or -math.inf) < c.min_metric:
             misses.append(f"{self.task.metric} {trial.metric:.4f} < {c.min_metric:g}")
+        if c.max_metric is not None and trial.metric is not None and trial.metric > c.max_metric:
+            misses.append(f"{self.task.metric} {trial.metric:.4f} > {c.max_metric:g}")
         return misses
 
     def _choose(self, baseline: Trial, trials: list[Trial]) -> tuple[Trial | None, str]:
