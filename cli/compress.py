@@ -75,6 +75,9 @@ def register(commands: argparse._SubParsersAction) -> None:
     compress.add_argument(
         "--plan", action="store_true", help="with --push: re-plan the fleet after registering"
     )
+    compress.add_argument(
+        "--name", help="model name to register (default: the model file's name, or the example)"
+    )
     compress.add_argument("--version", help="version to register (default: a content hash)")
     token_option(compress)
     compress.set_defaults(run=_compress)
@@ -120,7 +123,7 @@ def _search_and_publish(args: argparse.Namespace, scratch: Path) -> int:
 
     version = args.version or result.chosen.key[:12]
     try:
-        built = built_model(task, result, out, name=task.name, version=version)
+        built = built_model(task, result, out, name=args.name or task.name, version=version)
     except ValueError as exc:
         print(f"edgeloop compress: not publishable: {exc}", file=sys.stderr)
         return 1 if args.push else 0

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import UserModels
+from user_models import UserModels
 
 from edgeloop.agent.protocol import DeviceProfile
 from edgeloop.cli.main import main

@@ -17,7 +17,7 @@ import onnx
 import onnxruntime as ort
 import pytest
 import torch
-from conftest import PIXELS, UserModels
+from user_models import PIXELS, UserModels
 
 from edgeloop.agent.golden import load_golden
 from edgeloop.cli.main import main

@@ -7,7 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from conftest import UserModels
+from user_models import UserModels
 
 from edgeloop.compressor.examples import example_recipe
 from edgeloop.compressor.passes import RecipeError
