@@ -157,3 +157,43 @@ def test_each_users_model_reaches_its_applications_device_verified(
         for label in pushed[app.name]:
             assert models[label].application == app.name
             assert models[label].report.metric_name == app.metric
+
+
+def test_the_loop_converges_on_a_users_model_for_its_application(
+    user_models: UserModels, tmp_path: Path, mosquitto: Broker, server: ServerProcess
+) -> None:
+    agents = [
+        AgentProcess(
+            "sorter-01", DEVICE, tmp_path, mosquitto.port, inferences=50, probation_s=0.3,
+            server=server, application="sorter",
+        ),
+        AgentProcess(
+            "other-01", DEVICE, tmp_path, mosquitto.port, inferences=50, probation_s=0.3,
+            server=server,
+        ),
+    ]  # fmt: skip
+    client = server.client()
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(RECIPE)
+    try:
+        wait_for_devices(client, len(agents), agents)
+        code = main(
+            [
+                "loop", "run", "--app", "sorter", "--model", str(user_models.classifier_onnx),
+                "--task", "classification", "--train", str(user_models.digits_train),
+                "--eval", str(user_models.digits_eval), "--recipe", str(recipe),
+                "--max-rounds", "3", "--workdir", str(tmp_path / "loop"), *server.cli_args,
+            ]
+        )  # fmt: skip
+        devices = {d.device_id: d for d in client.devices()}
+    finally:
+        for agent in agents:
+            agent.stop()
+
+    assert code == 0, "the loop converged"
+    running = devices["sorter-01"].current_model
+    assert running is not None and running.startswith("sorter:"), running
+    assert devices["other-01"].current_model is None, "the default application's device"
+    decisions = client.decisions(loop="sorter")
+    assert decisions[-1].action == "stop" and "converged" in decisions[-1].reason
+    assert {m.application for m in client.models()} == {"sorter"}
