@@ -32,6 +32,30 @@ passes:
 """
 
 
+def test_the_bundled_control_example_publishes_its_return_as_its_metric(
+    tmp_path: Path, server: ServerProcess
+) -> None:
+    """``edgeloop compress example control --push`` once refused: a return is not a 0..1
+    score. The same steps, on a teacher trained for seconds."""
+    from edgeloop.agent.runtime import host_profile
+    from edgeloop.cli.compress import model_card
+    from edgeloop.compressor.compress import built_model, compress
+
+    task = PendulumTask(
+        cache_dir=tmp_path / "cache", eval_seeds=range(3), teacher_epochs=3, dagger_rounds=0
+    )
+    out = tmp_path / "out"
+    result = compress(task, load_recipe(RECIPE), host_profile(1), out, progress=False)
+    built = built_model(task, result, out, name="policy", version="1")
+    registered = server.client().push_model(
+        model_card(built, application="robot"), built.model_path, built.golden_path, plan=False
+    )
+    assert registered.application == "robot"
+    assert registered.report.metric_name == "return_mean" and registered.report.accuracy < 0
+    assert registered.report.higher_is_better is True
+    assert registered.report.agreement_metric == "cosine"
+
+
 def test_the_controller_is_looped_and_rolled_out_only_to_its_application(
     tmp_path: Path, mosquitto: Broker, server: ServerProcess
 ) -> None:
