@@ -56,3 +56,15 @@ def test_when_every_version_is_unusable_the_reason_does_not_claim_none_is_regist
     choice = choose_model(profile(), [], unusable=["cnn:high"])
     assert choice.candidate is None
     assert choice.reason == "no usable model; skipped cnn:high: invalid stored figures or I/O"
+
+
+def test_an_error_metric_ranks_the_lowest_first_and_skips_the_accuracy_floor() -> None:
+    def regressor(id_: int, mae: float) -> Candidate:
+        return Candidate(
+            id=id_, label=f"reg:{id_}", accuracy=mae, size_bytes=1000, host_latency_p95_ms=0.1,
+            metric_name="mae", higher_is_better=False,
+        )  # fmt: skip
+
+    choice = choose_model(profile(min_accuracy=0.9), [regressor(1, 41.5), regressor(2, 38.2)])
+    assert choice.candidate is not None and choice.candidate.id == 2
+    assert "mae 38.2" in choice.reason
