@@ -37,7 +37,7 @@ import requests
 
 from .config import AgentConfig
 from .errors import AgentError, ArtifactError, GateError, StorageError, TransportError
-from .fetch import fetch, held_bytes
+from .fetch import fetch, held_bytes, progress_line
 from .golden import load_golden
 from .host import LoadedModel, ModelHost
 from .local import (
@@ -844,7 +844,7 @@ class Updater:
         """Download with retries: capped exponential backoff with full jitter."""
         return self._retrying(
             "download",
-            lambda: fetch(ref, self.blobs, self._http),
+            lambda: fetch(ref, self.blobs, self._http, progress_line(ref, self.blobs)),
             lambda exc: isinstance(exc, TransportError),
         )
 

@@ -118,6 +118,7 @@ def _search_and_publish(args: argparse.Namespace, scratch: Path) -> int:
     print(f"report: {out / 'report.json'}  plot: {out / 'pareto.png'}")
     if result.chosen is None:
         return 1
+    from edgeloop.cli.models import upload_bars
     from edgeloop.compressor.compress import built_model
     from edgeloop.server.client import ApiClient, ApiError
 
@@ -132,16 +133,20 @@ def _search_and_publish(args: argparse.Namespace, scratch: Path) -> int:
     if args.push:
         try:
             client = ApiClient(args.push, token=args.token)
-            client.push_model(
-                model_card(built, application=args.app or "default"),
-                built.model_path,
-                built.golden_path,
-                plan=args.plan,
-            )
+            pareto = out / "pareto.png"
+            with upload_bars() as progress:
+                client.push_model(
+                    model_card(built, application=args.app or "default"),
+                    built.model_path,
+                    built.golden_path,
+                    plan=args.plan,
+                    pareto_path=pareto if pareto.is_file() else None,
+                    progress=progress,
+                )
         except ApiError as exc:
             print(f"edgeloop compress: not pushed: {exc}", file=sys.stderr)
             return 1
-        print(f"registered {task.name}:{version} at {args.push}")
+        print(f"registered {built.name}:{built.version} at {args.push}")
     return 0
 
 

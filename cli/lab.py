@@ -18,7 +18,7 @@ def register(commands: argparse._SubParsersAction) -> None:
 
     bench = commands.add_parser("bench", help="run a benchmark and write its figures")
     bench.add_argument(
-        "name", help="benchmark name: demo, compress, agent, loop, robustness, security"
+        "name", help="benchmark name: demo, compress, agent, loop, robustness, security, dashboard"
     )
     bench.add_argument("--json", type=Path, dest="json_path", help="write figures as JSON")
     bench.add_argument("--devices", type=int, default=2)

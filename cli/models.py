@@ -5,14 +5,18 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from pydantic import ValidationError
 from rich.console import Console
+from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
 from rich.table import Table
 
 from edgeloop.cli.output import api_options, ms, over_api, print_json, when
 from edgeloop.server.client import ApiClient, ApiError, card_from_onnx
+from edgeloop.server.client import Progress as ProgressCallback
 from edgeloop.server.schemas import ModelFigures
 
 
@@ -22,8 +26,8 @@ def register(commands: argparse._SubParsersAction) -> None:
     models.add_argument(
         "path",
         nargs="?",
-        help="push: a compressor output dir (model.onnx, golden.npz, model_report.json) or an "
-        ".onnx file; retire: NAME:VERSION",
+        help="push: a compressor output dir (model.onnx, golden.npz, model_report.json, "
+        "pareto.png if there) or an .onnx file; retire: NAME:VERSION",
     )
     models.add_argument("--report", type=Path, help="push: report JSON (needs `accuracy`)")
     models.add_argument("--golden", type=Path, help="push: golden npz (default: next to FILE)")
@@ -129,10 +133,40 @@ def _push(client: ApiClient, args: argparse.Namespace) -> int:
         raise ApiError(f"{report_path} is not a model report: {exc}") from None
     version = args.version or hashlib.sha256(model.read_bytes()).hexdigest()[:12]
     card = card_from_onnx(model, name=name, version=version, figures=figures, application=args.app)
-    registered = client.push_model(card, model, golden, plan=args.plan)
+    pareto = path / "pareto.png" if path.is_dir() else None
+    with upload_bars() as progress:
+        registered = client.push_model(
+            card,
+            model,
+            golden,
+            plan=args.plan,
+            pareto_path=pareto if pareto is not None and pareto.is_file() else None,
+            progress=progress,
+        )
     planned = f"; devices of '{args.app}' re-planned" if args.plan else ""
     print(
         f"registered {registered.label} for application '{registered.application}' "
         f"({model.stat().st_size / 1024:.1f} KB){planned}"
     )
     return 0
+
+
+@contextmanager
+def upload_bars() -> Iterator[Callable[[Path], ProgressCallback]]:
+    """For each file a push uploads, a callback that moves its own bar on stderr; bars show
+    only when stderr is a terminal, so logs and pipes get the usual lines alone."""
+    console = Console(stderr=True)
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        DownloadColumn(),
+        TransferSpeedColumn(),
+        console=console,
+        disable=not console.is_terminal,
+    ) as bars:
+
+        def for_file(path: Path) -> ProgressCallback:
+            bar = bars.add_task(f"upload {path.name}", total=path.stat().st_size)
+            return lambda sent, total: bars.update(bar, completed=sent, total=total)
+
+        yield for_file

@@ -3,14 +3,33 @@
 from __future__ import annotations
 
 import argparse
+import time
 
 from pydantic import ValidationError
 from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn
 from rich.table import Table
 
 from edgeloop.cli.output import api_options, over_api, print_json
 from edgeloop.server.client import ApiClient, ApiError
-from edgeloop.server.schemas import Criteria, RolloutCreate, RolloutStatus, Target
+from edgeloop.server.schemas import (
+    Criteria,
+    RolloutCreate,
+    RolloutState,
+    RolloutStatus,
+    Step,
+    Target,
+    WaveStatus,
+)
+
+WATCH_INTERVAL_S = 1.0
+"""How often ``rollout status ID --watch`` asks the control plane again."""
+
+UNDER_WAY = {RolloutState.RUNNING, RolloutState.PAUSED}
+"""Rollout states a watch waits through; any other is where it ends."""
+
+STILL_GOING = {Step.PENDING, Step.SENT}
+"""A device's steps before its part in the rollout is decided."""
 
 
 def register(commands: argparse._SubParsersAction) -> None:
@@ -25,6 +44,12 @@ def register(commands: argparse._SubParsersAction) -> None:
     rollout.add_argument("--waves", default="10%,50%,100%", help="create: e.g. 1%%,10%%,100%%")
     rollout.add_argument("--max-failure-rate", type=float, default=0.0)
     rollout.add_argument("--timeout", type=float, default=900, help="create: seconds per wave")
+    rollout.add_argument(
+        "--watch",
+        action="store_true",
+        help="status ID: show each wave's progress, refreshed every second, until the rollout "
+        "is no longer running or paused; then the final table",
+    )
     api_options(rollout)
     rollout.set_defaults(run=over_api(_rollout))
 
@@ -67,7 +92,9 @@ def _rollout(client: ApiClient, args: argparse.Namespace, console: Console) -> i
         if not args.subject or not args.subject.isdigit():
             raise ApiError(f"rollout {args.action} needs a rollout ID (a number)")
         rollout_id = int(args.subject)
-        if args.action == "status":
+        if args.action == "status" and args.watch:
+            status = _watch(client, rollout_id, console, shown=not args.json)
+        elif args.action == "status":
             status = client.rollout(rollout_id)
         else:
             status = client.rollout_action(rollout_id, args.action)
@@ -102,6 +129,57 @@ def _print_status(status: RolloutStatus, console: Console) -> None:
             device.detail,
         )
     console.print(devices)
+
+
+def _watch(
+    client: ApiClient,
+    rollout_id: int,
+    console: Console,
+    *,
+    shown: bool = True,
+    interval_s: float = WATCH_INTERVAL_S,
+) -> RolloutStatus:
+    """Poll the rollout until it leaves running and paused, one bar per wave (devices decided
+    of the wave's size, how many failed, the wave's state) on a terminal while it does; its
+    last status."""
+    status = client.rollout(rollout_id)
+    with Progress(
+        TextColumn("wave {task.fields[wave]}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("failed {task.fields[failed]}"),
+        TextColumn("{task.fields[state]}"),
+        console=console,
+        transient=True,
+        disable=not (shown and console.is_terminal),
+    ) as bars:
+        rows: dict[int, TaskID] = {}
+        while True:
+            for wave in status.waves:
+                if wave.wave not in rows:
+                    rows[wave.wave] = bars.add_task("", wave=wave.wave, failed=0, state="")
+                decided, size, failed, state = _wave_progress(status, wave)
+                bars.update(
+                    rows[wave.wave], completed=decided, total=size, failed=failed, state=state
+                )
+            if status.state not in UNDER_WAY:
+                return status
+            time.sleep(interval_s)
+            status = client.rollout(rollout_id)
+
+
+def _wave_progress(status: RolloutStatus, wave: WaveStatus) -> tuple[int, int, int, str]:
+    """The wave's devices decided (committed, failed, ...), its size, how many failed or timed
+    out, and its state."""
+    if wave.wave < status.current_wave:
+        state = "done"
+    elif wave.wave == status.current_wave:
+        state = str(status.state)
+    else:
+        state = "waiting"
+    decided = sum(n for step, n in wave.steps.items() if step not in STILL_GOING)
+    failed = wave.steps.get(Step.FAILED, 0) + wave.steps.get(Step.TIMED_OUT, 0)
+    return decided, sum(wave.steps.values()), failed, state
 
 
 def _problems(exc: ValidationError) -> str:

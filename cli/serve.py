@@ -43,6 +43,14 @@ def register(commands: argparse._SubParsersAction) -> None:
         help="largest artifact file an upload may store, e.g. 500MB (default: env "
         "EDGELOOP_MAX_ARTIFACT_SIZE, else 2GiB)",
     )
+    serve.add_argument(
+        "--metrics-per-device",
+        type=_device_count,
+        default=os.environ.get("EDGELOOP_METRICS_PER_DEVICE", "0"),
+        metavar="N",
+        help="give at most N devices their own series on /metrics (edgeloop_device_info, ...); "
+        "0, the default, exports aggregates only (env EDGELOOP_METRICS_PER_DEVICE)",
+    )
     env_path = lambda name: Path(os.environ[name]) if os.environ.get(name) else None  # noqa: E731
     serve.add_argument(
         "--tuf-dir",
@@ -161,6 +169,7 @@ def _serve(args: argparse.Namespace) -> int:
         "max_artifact_size": args.max_artifact_size,
         "ca_dir": args.ca_dir,
         "ca_key": args.ca_key,
+        "metrics_per_device": args.metrics_per_device,
     }
     if args.tuf_dir is not None:
         update["tuf_dir"] = args.tuf_dir
@@ -216,3 +225,10 @@ def _size(text: str) -> ByteSize:
     if size <= 0:
         raise argparse.ArgumentTypeError(f"{text!r}: a limit must be more than 0 bytes")
     return size
+
+
+def _device_count(text: str) -> int:
+    """A number of devices: 0 or more."""
+    if not text.isdigit():
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of devices (0 or more)")
+    return int(text)

@@ -8,8 +8,9 @@ Output directory::
     pareto.png      the front: metric vs latency, size as marker area
     model.onnx      the chosen candidate (absent when nothing fits)
     golden.npz      its golden inputs/outputs for the device gate
-    model_report.json  the chosen model's :class:`ModelReport` (``edgeloop compress`` writes it
-                    with :func:`built_model`; a push registers it)
+    model_report.json  the chosen model's :class:`ModelReport` with the search's trials
+                    (``edgeloop compress`` writes it with :func:`built_model`; a push registers
+                    it, and uploads pareto.png with it)
 """
 
 from __future__ import annotations
@@ -26,7 +27,13 @@ from rich.table import Table
 from edgeloop.agent.protocol import DeviceProfile
 from edgeloop.compressor.plots import plot_pareto
 from edgeloop.compressor.recipe import Recipe
-from edgeloop.compressor.report import BuiltModel, ModelReport, golden_atol
+from edgeloop.compressor.report import (
+    MAX_TRIAL_POINTS,
+    BuiltModel,
+    ModelReport,
+    TrialPoint,
+    golden_atol,
+)
 from edgeloop.compressor.search import Search, SearchResult, Trial
 from edgeloop.compressor.task import Task
 
@@ -101,8 +108,33 @@ def built_model(
         output_max_abs_err=chosen.output_max_abs_err,
         weight_error={k: v for k, v in chosen.notes.items() if k.startswith("weight_")},
         agreement_metric="argmax" if task.kind == "classification" else "cosine",
+        trials=trial_points(result),
     )
     return BuiltModel(name, version, model_path, golden_path, inputs, outputs, report)
+
+
+def trial_points(result: SearchResult) -> list[TrialPoint]:
+    """The baseline and the trials that ran with every figure the plot needs, at most
+    :data:`MAX_TRIAL_POINTS` of them (the baseline first, then in the order they ran)."""
+    front = set(result.pareto)
+    chosen_key = result.chosen.key if result.chosen else None
+    points = [
+        TrialPoint(
+            label=trial.label[:256],
+            metric=trial.metric,
+            latency_p50_ms=trial.latency_p50_ms,
+            size_bytes=trial.size_bytes,
+            on_front=trial.key in front,
+            chosen=trial.key == chosen_key,
+        )
+        for trial in [result.baseline, *result.trials]
+        if trial.ok
+        and trial.metric is not None
+        and math.isfinite(trial.metric)
+        and trial.latency_p50_ms is not None
+        and trial.size_bytes
+    ]
+    return points[:MAX_TRIAL_POINTS]
 
 
 def write_golden(task: Task, model_path: Path, golden_path: Path) -> None:

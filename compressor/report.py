@@ -16,7 +16,24 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from edgeloop.agent.protocol import TensorSpec
 
-__all__ = ["BuiltModel", "ModelReport", "golden_atol"]
+__all__ = ["MAX_TRIAL_POINTS", "BuiltModel", "ModelReport", "TrialPoint", "golden_atol"]
+
+MAX_TRIAL_POINTS = 200
+"""The most search trials a report carries (the control plane refuses more)."""
+
+
+class TrialPoint(BaseModel):
+    """One candidate the search measured, as the Pareto plot shows it. The control plane's
+    ``ModelFigures.trials`` holds the same fields (the server does not import the compressor)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    label: str = Field(min_length=1, max_length=256, description="e.g. fp32, int8-static")
+    metric: float = Field(allow_inf_nan=False, description="the task metric (`metric_name`)")
+    latency_p50_ms: float = Field(ge=0, description="host, batch 1")
+    size_bytes: int = Field(gt=0, description="the .onnx file")
+    on_front: bool = Field(description="on the search's Pareto front")
+    chosen: bool = Field(description="the candidate this report is about")
 
 
 class ModelReport(BaseModel):
@@ -60,6 +77,11 @@ class ModelReport(BaseModel):
     agreement_metric: Literal["argmax", "cosine"] = Field(
         default="argmax",
         description="how a device's probation compares this model with its predecessor",
+    )
+    trials: list[TrialPoint] = Field(
+        default_factory=list,
+        max_length=MAX_TRIAL_POINTS,
+        description="the search's candidates that ran, the baseline first",
     )
 
 

@@ -9,6 +9,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from fastapi.staticfiles import StaticFiles
 from sqlalchemy.exc import DataError
 from starlette.exceptions import HTTPException
 from starlette.routing import compile_path
@@ -17,8 +18,12 @@ from .api.deps import PROBLEMS
 from .api.limits import BodyLimit, BodyLimitMiddleware
 from .api.routes import applications, artifacts, audit, devices, loop, models, rollouts, trust
 from .config import Settings
+from .dashboard import STATIC_DIR as DASHBOARD_STATIC
+from .dashboard import router as dashboard_router
 from .db import make_engine, make_sessionmaker
 from .fleet import Fleet
+from .metrics import metrics_registry
+from .metrics import router as metrics_router
 from .mqtt_bridge import MqttBridge
 from .pki import CaDir
 from .releases import ReleaseSigner
@@ -87,8 +92,14 @@ def create_app(
     routers = (artifacts, models, applications, devices, rollouts, loop, audit)
     for module in (*routers, trust) if releases is not None else routers:
         app.include_router(module.router, responses=ERRORS)
+    app.state.metrics = metrics_registry(
+        fleet.sessions, bridge, per_device=settings.metrics_per_device
+    )
+    app.include_router(metrics_router)
     if anonymous_downloads:
         _document_optional_auth(app, artifacts.DOWNLOAD)
+    app.include_router(dashboard_router)  # /ui/: pages for people, left out of the document
+    app.mount("/ui/static", StaticFiles(directory=DASHBOARD_STATIC), name="ui-static")
     app.add_middleware(
         BodyLimitMiddleware,
         default=BodyLimit(settings.max_json_body, "request bodies (--max-json-body)"),

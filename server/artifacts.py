@@ -1,10 +1,10 @@
 """Which artifact files the registry still needs, and removing the others.
 
-A file is needed while a *live* model version references it (as its model or its golden
-file): one not retired, or one a device is told to run right now. Retiring a version is what
-releases its files; a retired version keeps its row (rollouts and reports name it), and its
-artifact row too while any version names it, but its files may go. Registering a new version
-on a removed file is refused until the file is uploaded again.
+A file is needed while a *live* model version references it (as its model, its golden file
+or its Pareto plot): one not retired, or one a device is told to run right now. Retiring a
+version is what releases its files; a retired version keeps its row (rollouts and reports name
+it), and its artifact row too while any version names it, but its files may go. Registering a
+new version on a removed file is refused until the file is uploaded again.
 """
 
 from __future__ import annotations
@@ -37,8 +37,9 @@ def live_references(db: Session) -> dict[str, list[str]]:
     needed: dict[str, list[str]] = defaultdict(list)
     for model in db.scalars(live.order_by(ModelVersion.id)):
         needed[model.artifact_sha256].append(model.label)
-        if model.golden_sha256 != model.artifact_sha256:
-            needed[model.golden_sha256].append(model.label)
+        for sha256 in {model.golden_sha256, model.pareto_sha256} - {model.artifact_sha256}:
+            if sha256 is not None:
+                needed[sha256].append(model.label)
     return needed
 
 
@@ -94,5 +95,8 @@ def collect_garbage(
 def _forget(db: Session, shas: list[str]) -> None:
     """Delete the artifact rows no model version names (a retired version's rows stay: its
     foreign keys point at them)."""
-    named = select(ModelVersion.artifact_sha256).union(select(ModelVersion.golden_sha256))
+    named = select(ModelVersion.artifact_sha256).union(
+        select(ModelVersion.golden_sha256),
+        select(ModelVersion.pareto_sha256).where(ModelVersion.pareto_sha256.is_not(None)),
+    )
     db.execute(delete(Artifact).where(Artifact.sha256.in_(shas), Artifact.sha256.not_in(named)))

@@ -18,9 +18,9 @@ from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, BinaryIO, TypeVar
 from urllib.parse import quote
 
 import requests
@@ -60,10 +60,16 @@ from .schemas import (
     TelemetrySample,
 )
 
-__all__ = ["TOKEN_ENV", "ApiClient", "ApiError", "card_from_onnx"]
+__all__ = ["TOKEN_ENV", "ApiClient", "ApiError", "Progress", "card_from_onnx"]
 
 TOKEN_ENV = "EDGELOOP_TOKEN"
 """Where a client without an explicit token finds one (the CLI's ``--token`` defaults to it)."""
+
+UPLOAD_CHUNK = 1 << 16
+"""Bytes read from disk at a time while hashing and uploading a file."""
+
+Progress = Callable[[int, int], None]
+"""``progress(done_bytes, total_bytes)``: how far a transfer has come."""
 
 T = TypeVar("T")
 Item = TypeVar("Item", bound=BaseModel)
@@ -163,10 +169,23 @@ class ApiClient:
 
     # ------------------------------------------------------------------ models
 
-    def upload_artifact(self, path: Path) -> ArtifactPublic:
-        sha256 = hashlib.sha256(path.read_bytes()).hexdigest()
-        with path.open("rb") as body:
-            return self._typed(ArtifactPublic, "PUT", f"/api/v1/artifacts/{sha256}", data=body)
+    def upload_artifact(self, path: Path, *, progress: Progress | None = None) -> ArtifactPublic:
+        """Store a file on the control plane under its SHA-256, streamed from disk.
+
+        ``progress(sent, total)`` is called as the body goes out, ``sent`` growing to the
+        file's size ``total`` (once with ``(0, 0)`` for an empty file).
+
+        Raises:
+            ApiError: 413 over the server's size limit; or as :meth:`_call`.
+        """
+        digest = hashlib.sha256()
+        with path.open("rb") as source:
+            for chunk in iter(lambda: source.read(UPLOAD_CHUNK), b""):
+                digest.update(chunk)
+        path_ = f"/api/v1/artifacts/{digest.hexdigest()}"
+        with path.open("rb") as source:
+            body = _CountingReader(source, path.stat().st_size, progress)
+            return self._typed(ArtifactPublic, "PUT", path_, data=body)
 
     def delete_artifact(self, sha256: str) -> ArtifactRemoved:
         """Remove a stored file no live model version needs.
@@ -188,23 +207,39 @@ class ApiClient:
         )
 
     def push_model(
-        self, card: ModelCard, model_path: Path, golden_path: Path, *, plan: bool = True
+        self,
+        card: ModelCard,
+        model_path: Path,
+        golden_path: Path,
+        *,
+        plan: bool = True,
+        pareto_path: Path | None = None,
+        progress: Callable[[Path], Progress | None] | None = None,
     ) -> ModelPublic:
-        """Upload a model file and its golden file, then register them as ``card`` says.
+        """Upload a model file, its golden file and (``pareto_path``) the compressor's Pareto
+        plot, then register them as ``card`` says.
 
         ``plan=False`` registers without re-planning the fleet, so several candidates of one
-        round can be registered before :meth:`plan` picks among all of them.
+        round can be registered before :meth:`plan` picks among all of them. ``progress``
+        gives, for each file about to be uploaded, the callback that follows its upload (see
+        :meth:`upload_artifact`).
 
         Raises:
             ApiError: 409 if ``name:version`` exists (versions are immutable), 422 for a card
                 the server refuses; or as :meth:`_call`.
         """
-        artifact = self.upload_artifact(model_path)
-        golden = self.upload_artifact(golden_path)
+
+        def upload(path: Path) -> ArtifactPublic:
+            return self.upload_artifact(path, progress=progress(path) if progress else None)
+
+        artifact = upload(model_path)
+        golden = upload(golden_path)
+        pareto = upload(pareto_path) if pareto_path is not None else None
         body = ModelCreate(
             **card.model_dump(include=set(ModelCard.model_fields)),
             artifact_sha256=artifact.sha256,
             golden_sha256=golden.sha256,
+            pareto_sha256=pareto.sha256 if pareto else None,
         )
         return self.register_model(body, plan=plan)
 
@@ -440,6 +475,26 @@ def card_from_onnx(
         golden_atol=1e-3 if figures.golden_atol is None else figures.golden_atol,
         report=figures,
     )
+
+
+class _CountingReader:
+    """A file as a request body that reports each read to ``progress``. Its ``len`` makes
+    requests send a Content-Length and stream the body rather than read it into memory."""
+
+    def __init__(self, source: BinaryIO, size: int, progress: Progress | None) -> None:
+        self.source, self.size, self.progress, self.sent = source, size, progress, 0
+        if progress is not None and size == 0:
+            progress(0, 0)
+
+    def __len__(self) -> int:
+        return self.size
+
+    def read(self, amount: int = -1) -> bytes:
+        chunk = self.source.read(amount)
+        if chunk and self.progress is not None:
+            self.sent += len(chunk)
+            self.progress(self.sent, self.size)
+        return chunk
 
 
 def _split_label(label: str) -> tuple[str, str]:

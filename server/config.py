@@ -40,6 +40,12 @@ class Settings(BaseModel):
         gt=0,
         description="largest artifact file an upload may store (413 above it)",
     )
+    metrics_per_device: int = Field(
+        default=0,
+        ge=0,
+        description="how many devices get their own series on /metrics (by device id); 0: "
+        "none, only aggregates by profile, application and model",
+    )
 
     @classmethod
     def for_workdir(

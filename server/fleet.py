@@ -303,8 +303,8 @@ class Fleet:
             ValueError: ``name:version`` exists already (versions are immutable).
         """
         with self.sessions.begin() as db:
-            for sha in (card.artifact_sha256, card.golden_sha256):
-                if db.get(Artifact, sha) is None:
+            for sha in (card.artifact_sha256, card.golden_sha256, card.pareto_sha256):
+                if sha is not None and db.get(Artifact, sha) is None:
                     raise UnknownArtifactError(f"artifact {sha} is not uploaded; PUT it first")
             exists = db.scalar(
                 select(ModelVersion).where(
@@ -319,6 +319,7 @@ class Fleet:
                 application=card.application,
                 artifact_sha256=card.artifact_sha256,
                 golden_sha256=card.golden_sha256,
+                pareto_sha256=card.pareto_sha256,
                 inputs=[s.model_dump() for s in card.inputs],
                 outputs=[s.model_dump() for s in card.outputs],
                 golden_atol=card.golden_atol,

@@ -80,6 +80,9 @@ class ModelVersion(Base):
     )
     artifact_sha256: Mapped[str] = mapped_column(ForeignKey("artifacts.sha256"))
     golden_sha256: Mapped[str] = mapped_column(ForeignKey("artifacts.sha256"))
+    pareto_sha256: Mapped[str | None] = mapped_column(
+        String(64), default=None, doc="the compressor's Pareto plot (PNG), if it was pushed"
+    )
     inputs: Mapped[list[Any]]
     outputs: Mapped[list[Any]]
     golden_atol: Mapped[float]

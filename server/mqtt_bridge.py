@@ -18,6 +18,7 @@ import hashlib
 import logging
 import threading
 import uuid
+from collections import Counter
 
 import paho.mqtt.client as mqtt
 
@@ -61,6 +62,8 @@ class MqttBridge:
         self.host, self.port = host, port
         self.connected = threading.Event()
         self.intake = Intake(log, failure_reason="store_failed")
+        self._handled_by_channel: Counter[str] = Counter()
+        self._handled_lock = threading.Lock()
         self._republish = threading.Event()
         self._stopping = threading.Event()
         self._republisher = threading.Thread(
@@ -114,6 +117,11 @@ class MqttBridge:
         if self._republisher.is_alive():
             self._republisher.join(timeout=10)
 
+    def handled_by_channel(self) -> dict[str, int]:
+        """Messages stored, by channel (``/metrics``): what ``intake`` counts as handled."""
+        with self._handled_lock:
+            return dict(self._handled_by_channel)
+
     def publish_desired(self, desired: Desired) -> None:
         """Retained at QoS 1, so the device gets it whenever it (re)connects."""
         self.client.publish(
@@ -156,6 +164,8 @@ class MqttBridge:
                     f"a {message.type!r} message is for devices; the server does not take one",
                     Refusal.WRONG_TOPIC,
                 )
+        with self._handled_lock:
+            self._handled_by_channel[message.type] += 1
 
     def _republish_loop(self) -> None:
         """Re-sends every desired state after each connect, off paho's network thread: it

@@ -66,6 +66,7 @@ __all__ = [
     "DEFAULT_APPLICATION",
     "INT_MAX",
     "LABEL_PATTERN",
+    "MAX_TRIAL_POINTS",
     "ApplicationAssign",
     "ApplicationAssignmentPublic",
     "ApplicationPublic",
@@ -106,6 +107,7 @@ __all__ = [
     "Step",
     "Target",
     "TelemetrySample",
+    "TrialPoint",
     "UtcDatetime",
     "WaveStatus",
 ]
@@ -316,6 +318,24 @@ STORED = {"stored": True}
 """Validation context for rows read back from the database (see :class:`ModelFigures`)."""
 
 
+MAX_TRIAL_POINTS = 200
+"""The most search trials a version's figures carry."""
+
+
+class TrialPoint(BaseModel):
+    """One candidate the compressor's search measured, as its Pareto plot shows it (the
+    compressor's ``TrialPoint``, field for field)."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False, strict=True)
+
+    label: str = Field(min_length=1, max_length=256, description="e.g. fp32, int8-static")
+    metric: float = Field(description="the task metric (`metric_name` of the figures)")
+    latency_p50_ms: float = Field(ge=0, description="host, batch 1")
+    size_bytes: FileSize
+    on_front: bool = Field(description="on the search's Pareto front")
+    chosen: bool = Field(description="the candidate this version is")
+
+
 class ModelFigures(BaseModel):
     """What the compressor measured on its own host for one model version (never on a device).
 
@@ -348,7 +368,9 @@ class ModelFigures(BaseModel):
         default=True, description="false for errors (MAE, RMSE): the planner ranks lower first"
     )
     size_bytes: FileSize | None = Field(default=None, description="the .onnx file")
-    variant: str | None = Field(default=None, max_length=64, description="e.g. fp32, int8")
+    variant: str | None = Field(
+        default=None, max_length=256, description="e.g. fp32, int8: the search's trial label"
+    )
     recipe: list[str] = Field(default_factory=list, description="passes that made it, in order")
     compression_ratio: float | None = Field(default=None, gt=0, description="baseline / size")
     host_latency_p50_ms: float | None = Field(default=None, ge=0, description="batch 1")
@@ -371,6 +393,11 @@ class ModelFigures(BaseModel):
     agreement_metric: Literal["argmax", "cosine"] = Field(
         default="argmax",
         description="how a device's probation compares this model with its predecessor",
+    )
+    trials: list[TrialPoint] = Field(
+        default_factory=list,
+        max_length=MAX_TRIAL_POINTS,
+        description="the search's candidates that ran, the baseline first",
     )
 
 
@@ -398,6 +425,11 @@ class ModelCreate(ModelCard):
 
     artifact_sha256: str = Field(pattern=SHA256_PATTERN)
     golden_sha256: str = Field(pattern=SHA256_PATTERN)
+    pareto_sha256: str | None = Field(
+        default=None,
+        pattern=SHA256_PATTERN,
+        description="the compressor's Pareto plot (PNG), uploaded like the model; optional",
+    )
 
 
 class ModelPublic(ModelCreate):

@@ -97,6 +97,7 @@ BENCHES: dict[str, str] = {
     "loop": "edgeloop.lab.bench.loop",
     "robustness": "edgeloop.lab.bench.robustness",
     "security": "edgeloop.lab.bench.security",
+    "dashboard": "edgeloop.lab.bench.dashboard",
 }
 """Benchmark name -> its module; each module's ``run(args)`` measures and returns figures."""
 

@@ -192,6 +192,7 @@ def test_a_regressor_is_pushed_with_its_direction_to_an_application_without_repl
     user_models: UserModels, tmp_path: Path, capsys: pytest.CaptureFixture[str], server
 ) -> None:
     from edgeloop.server.client import ApiClient
+
     recipe = tmp_path / "recipe.yaml"
     recipe.write_text("start: onnx\npasses: [{pass: fp16}]\nconstraints: {max_relative_drop: 0.05}")
     code, stdout, stderr = compress(

@@ -56,6 +56,7 @@ def test_a_database_made_before_migrations_is_stamped_not_recreated(tmp_path: Pa
             ("devices", "application_source"),
             ("devices", "declared_application"),
             ("model_versions", "application"),
+            ("model_versions", "pareto_sha256"),  # came with 0007
         ):
             connection.execute(text(f"ALTER TABLE {table} DROP COLUMN {column}"))
         connection.execute(INSERT_ARTIFACT)
