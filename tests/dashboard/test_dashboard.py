@@ -27,7 +27,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from edgeloop.agent.protocol import Channel, DeviceProfile, Hello, topic
 from edgeloop.lab.bench.dashboard import PAGES, StatementCounter, filled_app
-from edgeloop.lab.broker import Broker
+from edgeloop.lab.broker import Broker, MosquittoBroker
 from edgeloop.lab.faults import upload_version
 from edgeloop.lab.launch import AgentProcess, ServerProcess
 from edgeloop.server.auth import Role, create_token, list_audit
@@ -200,9 +200,18 @@ class Field:
 
 
 @pytest.fixture(scope="module")
-def field(tmp_path_factory: pytest.TempPathFactory, mosquitto: Broker) -> Iterator[Field]:
+def own_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Broker]:
+    """A broker of this module's own: what its agents and server leave retained (desired
+    states, statuses) must not reach other tests' devices of the same names."""
+    with MosquittoBroker(tmp_path_factory.mktemp("dashboard-broker")) as broker:
+        yield broker
+
+
+@pytest.fixture(scope="module")
+def field(tmp_path_factory: pytest.TempPathFactory, own_broker: Broker) -> Iterator[Field]:
     """A server, three agents running a base model (telemetry each second), a ghost device,
     a loop decision, and a viewer token."""
+    mosquitto = own_broker
     root = tmp_path_factory.mktemp("dashboard")
     server = ServerProcess(root / "server", mosquitto.port)
     agents: list[AgentProcess] = []

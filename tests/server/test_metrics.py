@@ -42,7 +42,7 @@ from edgeloop.agent.protocol import (
     encode,
     topic,
 )
-from edgeloop.lab.broker import Broker, free_port
+from edgeloop.lab.broker import Broker, MosquittoBroker, free_port
 from edgeloop.lab.launch import ServerProcess
 from edgeloop.server.metrics import FleetCollector
 from edgeloop.server.schemas import ModelCreate, ModelFigures, RolloutCreate, Target
@@ -174,7 +174,16 @@ def feed(server: ServerProcess, broker: Broker, workdir: Path) -> int:
 
 
 @pytest.fixture(scope="module")
-def fleet(tmp_path_factory: pytest.TempPathFactory, mosquitto: Broker) -> Iterator[Scraped]:
+def own_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Broker]:
+    """A broker of this module's own: the session's holds retained messages of other tests'
+    devices, which a new server receives and counts, and the counts here are exact."""
+    with MosquittoBroker(tmp_path_factory.mktemp("metrics-broker")) as broker:
+        yield broker
+
+
+@pytest.fixture(scope="module")
+def fleet(tmp_path_factory: pytest.TempPathFactory, own_broker: Broker) -> Iterator[Scraped]:
+    mosquitto = own_broker
     workdir = tmp_path_factory.mktemp("metrics")
     server = ServerProcess(workdir / "server", mosquitto.port)
     try:
