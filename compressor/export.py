@@ -38,12 +38,13 @@ def export_model(
             opset_version=opset,
             dynamo=False,
         )
-    _inline_sidecars(path)
+    inline_sidecars(path)
     onnx.checker.check_model(str(path))
     return path
 
 
-def _inline_sidecars(path: Path) -> None:
+def inline_sidecars(path: Path) -> None:
+    """Fold weights an exporter wrote beside ``path`` into it: devices fetch one file."""
     sidecars = [p for p in path.parent.iterdir() if p.name.startswith(path.name + ".")]
     if sidecars:
         inline = onnx.load_model(str(path), load_external_data=True)

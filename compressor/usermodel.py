@@ -358,10 +358,9 @@ def _export_program(program: Any, spec: ExportSpec, path: Path) -> None:
     dynamo exporter, which reads programs natively, is the fallback; its weights sidecar is
     folded into the file.
     """
-    import onnx
     import torch
 
-    from edgeloop.compressor.export import export_model
+    from edgeloop.compressor.export import export_model, inline_sidecars
 
     class Traced(torch.nn.Module):
         """The program's module as the TorchScript exporter takes it: that exporter switches
@@ -395,10 +394,7 @@ def _export_program(program: Any, spec: ExportSpec, path: Path) -> None:
             output_names=spec.output_names,
             dynamo=True,
         )
-    inline = onnx.load_model(str(path), load_external_data=True)
-    for sidecar in path.parent.glob(path.name + ".*"):
-        sidecar.unlink()
-    onnx.save_model(inline, str(path), save_as_external_data=False)
+    inline_sidecars(path)
 
 
 def _self_contained(path: Path, work_dir: Path) -> Path:

@@ -110,9 +110,12 @@ def list_devices(
 
 def applications(db: Session) -> list[ApplicationPublic]:
     """Every application that has a device, a live model version or an assignment."""
-    devices: dict[str, list[Device]] = defaultdict(list)
-    for device in db.scalars(select(Device).where(Device.revoked_at.is_(None))):
-        devices[device.application].append(device)
+    counted = (
+        select(Device.application, func.count(), func.count().filter(Device.online.is_(True)))
+        .where(Device.revoked_at.is_(None))
+        .group_by(Device.application)
+    )
+    devices = {app: (total, online) for app, total, online in db.execute(counted)}
     versions: dict[str, list[str]] = defaultdict(list)
     live = select(ModelVersion).where(ModelVersion.retired_at.is_(None)).order_by(ModelVersion.id)
     for model in db.scalars(live):
@@ -123,8 +126,8 @@ def applications(db: Session) -> list[ApplicationPublic]:
     return [
         ApplicationPublic(
             name=name,
-            devices=len(devices[name]),
-            online=sum(1 for d in devices[name] if d.online),
+            devices=devices.get(name, (0, 0))[0],
+            online=devices.get(name, (0, 0))[1],
             versions=versions[name],
             tags=tags[name],
         )

@@ -40,6 +40,7 @@ from .models import DesiredState, Device, DeviceReport, ModelVersion, Rollout, R
 from .schemas import (
     Criteria,
     Page,
+    RolloutAction,
     RolloutCreate,
     RolloutDeviceStatus,
     RolloutState,
@@ -230,6 +231,22 @@ class RolloutController:
             rollout_id = rollout.id
         self.wake()
         return rollout_id
+
+    def act(self, rollout_id: int, action: RolloutAction) -> RolloutStatus:
+        """An operator's ``action`` on a rollout (the REST route and the dashboard's buttons);
+        the rollout as it stands after.
+
+        Raises:
+            LookupError: no such rollout.
+            RolloutError: its state does not allow ``action``.
+        """
+        {
+            RolloutAction.PAUSE: self.pause,
+            RolloutAction.RESUME: self.resume,
+            RolloutAction.CANCEL: self.cancel,
+            RolloutAction.ROLLBACK: self.rollback,
+        }[action](rollout_id)
+        return self.status(rollout_id)
 
     def pause(self, rollout_id: int) -> None:
         self._set_state(rollout_id, RolloutState.PAUSED, allowed=(RolloutState.RUNNING,))

@@ -379,21 +379,13 @@ def act_on_rollout(
     """As ``POST /api/v1/rollouts/{id}/{action}``: the same controller call and audit entry;
     a refusal comes back to the page as a message."""
     operator = _check_operator_post(request, _session(request), csrf)
-    controller = request.app.state.rollouts
-    actions = {
-        RolloutAction.PAUSE: controller.pause,
-        RolloutAction.RESUME: controller.resume,
-        RolloutAction.CANCEL: controller.cancel,
-        RolloutAction.ROLLBACK: controller.rollback,
-    }
     page = f"/ui/rollouts/{rollout_id}"
     try:
-        actions[action](rollout_id)
+        now = request.app.state.rollouts.act(rollout_id, action)
     except LookupError as exc:
         raise HTTPException(status.HTTP_404_NOT_FOUND, str(exc)) from None
     except RolloutError as exc:
         return RedirectResponse(f"{page}?error={quote(str(exc))}", status.HTTP_303_SEE_OTHER)
-    now = controller.status(rollout_id)
     detail = {"state": now.state, "wave": now.current_wave}
     record_audit(
         request.app.state.fleet.sessions, operator, f"rollout.{action}", f"rollout:{rollout_id}",

@@ -58,19 +58,12 @@ def act_on_rollout(
 ) -> RolloutStatus:
     """Pause, resume, cancel or roll back; 409 when the rollout's state does not allow it
     (e.g. resuming a halted one)."""
-    actions = {
-        RolloutAction.PAUSE: rollouts.pause,
-        RolloutAction.RESUME: rollouts.resume,
-        RolloutAction.CANCEL: rollouts.cancel,
-        RolloutAction.ROLLBACK: rollouts.rollback,
-    }
     try:
-        actions[action](rollout_id)
+        status_now = rollouts.act(rollout_id, action)
     except LookupError as exc:
         raise HTTPException(status.HTTP_404_NOT_FOUND, str(exc)) from None
     except RolloutError as exc:
         raise HTTPException(status.HTTP_409_CONFLICT, str(exc)) from None
-    status_now = rollouts.status(rollout_id)
     detail = {"state": status_now.state, "wave": status_now.current_wave}
     record_audit(fleet.sessions, operator, f"rollout.{action}", f"rollout:{rollout_id}", detail)
     return status_now
