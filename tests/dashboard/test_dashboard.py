@@ -19,6 +19,7 @@ from fastapi.testclient import TestClient
 from helpers import publish, wait_until
 from helpers import register as register_version
 from selenium import webdriver
+from selenium.common.exceptions import StaleElementReferenceException
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.chrome.webdriver import WebDriver
 from selenium.webdriver.common.by import By
@@ -427,7 +428,8 @@ def test_browser_an_operator_pauses_a_rollout_and_a_viewer_sees_no_buttons(
         buttons = {b.text for b in browser.find_elements(By.CSS_SELECTOR, "button.op")}
         assert buttons == {"Pause", "Cancel", "Rollback"}
         browser.find_element(By.ID, "action-pause").click()
-        WebDriverWait(browser, 10).until(
+        # The click posts a form and the page reloads: an element read mid-reload is stale.
+        WebDriverWait(browser, 10, ignored_exceptions=(StaleElementReferenceException,)).until(
             lambda d: d.find_element(By.ID, "rollout-state").text == "paused"
         )
         assert client.rollout(rollout.id).state == RolloutState.PAUSED
